@@ -1,0 +1,101 @@
+"""The values the engine hands out: streamed Chunks, the collected Reply, usage, timings, info."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+FINISH_REASONS = ("stop", "length", "cancelled")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts. Image tokens are part of the prompt, reasoning tokens part of the completion."""
+
+    prompt_tokens: int
+    image_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds from the call to the first generated token, decode speed, and the whole call."""
+
+    ttft_s: float
+    tokens_per_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a stream: text in one channel, or (last chunk only) the closing figures."""
+
+    text: str = ""
+    reasoning: bool = False
+    boxed: bool = False
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A whole answer: `text` is the answer only; `reasoning` the thinking; `boxed` the key answer."""
+
+    text: str
+    reasoning: str
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+    boxed: str = ""
+
+    @classmethod
+    def collect(cls, chunks) -> Reply:
+        answer, reasoning, boxed, final = [], [], [], None
+        for chunk in chunks:
+            if chunk.is_final:
+                final = chunk
+            elif chunk.reasoning:
+                reasoning.append(chunk.text)
+            else:
+                answer.append(chunk.text)
+                if chunk.boxed:
+                    boxed.append(chunk.text)
+        if final is None:
+            raise RuntimeError("the stream ended without its final chunk")
+        return cls(
+            "".join(answer),
+            "".join(reasoning),
+            final.finish_reason,
+            final.usage,
+            final.timings,
+            "".join(boxed),
+        )
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What is loaded, where, and how big it is."""
+
+    model_id: str
+    source: str
+    precision: str
+    device: str
+    dtype: str
+    parameters: int
+    memory_bytes: int
+    max_image_pixels: int
+    demo_model: bool
+    placement_reason: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

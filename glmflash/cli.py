@@ -1,0 +1,134 @@
+"""Command line: `python -m glmflash chat | info | tiny-model`. Errors are one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .config import Settings
+from .errors import GlmflashError, ImageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m glmflash", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat = commands.add_parser("chat", help="ask about one or more images (interactive without -q)")
+    _model_flags(chat)
+    chat.add_argument("images", nargs="*", help="image files")
+    chat.add_argument("-q", "--question", help="ask once and exit")
+    chat.add_argument("--no-thinking", action="store_true", help="answer without reasoning first")
+    chat.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
+    chat.add_argument("--max-new-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--seed", type=int)
+
+    info = commands.add_parser("info", help="load the model and print engine.info as JSON")
+    _model_flags(info)
+
+    tiny = commands.add_parser("tiny-model", help="write the tiny offline test model to PATH")
+    tiny.add_argument("path")
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="auto, tiny, a hub id or a folder (GLMFLASH_MODEL)")
+    parser.add_argument("--precision", help="auto, bf16, fp16, fp32, int8, int4 (GLMFLASH_PRECISION)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (GLMFLASH_DEVICE)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="glmflash: %(message)s", stream=sys.stderr)
+    debug = args.debug
+    try:
+        settings = Settings.from_env()
+        debug = debug or settings.debug
+        if args.command == "tiny-model":
+            from .testing import build_tiny_model
+
+            print(build_tiny_model(args.path, seed=args.seed))
+            return 0
+        for path in getattr(args, "images", []):
+            if not os.path.isfile(path):
+                raise ImageError(f"No such image file: {path}")
+        engine = _load(args, settings)
+        if args.command == "info":
+            print(json.dumps(engine.info.to_dict(), indent=2))
+            return 0
+        return _chat(engine, args)
+    except GlmflashError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args, settings):
+    from .load import load
+
+    return load(args.model, args.precision, args.device, settings=settings)
+
+
+def _chat(engine, args) -> int:
+    gen = {"thinking": not args.no_thinking}
+    for name in ("max_new_tokens", "temperature", "seed"):
+        if getattr(args, name) is not None:
+            gen[name] = getattr(args, name)
+    content = [{"type": "image", "image": path} for path in args.images]
+    history: list[dict] = []
+    interactive = args.question is None
+    question = args.question
+    while True:
+        if interactive:
+            try:
+                question = input("you> ").strip()
+            except EOFError:
+                return 0
+            if question in ("", "exit", "quit"):
+                return 0
+        turn = [*content, {"type": "text", "text": question}] if not history else question
+        history.append({"role": "user", "content": turn})
+        answer = _stream_turn(engine, history, gen, show_thinking=not args.hide_thinking)
+        history.append({"role": "assistant", "content": answer})
+        if not interactive:
+            return 0
+
+
+def _stream_turn(engine, messages, gen, *, show_thinking: bool) -> str:
+    dim, reset = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
+    answer, in_reasoning = [], False
+    stream = engine.stream(messages, **gen)
+    try:
+        for chunk in stream:
+            if chunk.is_final:
+                u, t = chunk.usage, chunk.timings
+                print(
+                    f"\n[{chunk.finish_reason}] first token {t.ttft_s:.2f} s, {t.tokens_per_s:.1f} tokens/s, "
+                    f"prompt {u.prompt_tokens} (images {u.image_tokens}), answer {u.completion_tokens} "
+                    f"(reasoning {u.reasoning_tokens})",
+                    file=sys.stderr,
+                )
+            elif chunk.reasoning:
+                if show_thinking:
+                    prefix = "" if in_reasoning else f"{dim}[thinking] "
+                    print(f"{prefix}{dim}{chunk.text}{reset}", end="", file=sys.stderr, flush=True)
+                in_reasoning = True
+            else:
+                if in_reasoning and show_thinking:
+                    print(file=sys.stderr)
+                in_reasoning = False
+                answer.append(chunk.text)
+                print(chunk.text, end="", flush=True)
+    finally:
+        stream.close()  # Ctrl-C: stops the generation and joins its thread
+    print()
+    return "".join(answer)

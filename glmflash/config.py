@@ -1,0 +1,73 @@
+"""Settings: the one place that reads GLMFLASH_* environment variables.
+
+Everything else receives a `Settings` (or plain arguments), so tests and adapters never depend on
+the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import InvalidRequestError
+
+DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+
+
+def _default_cache_dir() -> str:
+    return str(Path.home() / ".cache" / "glmflash")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration. Each field maps to GLMFLASH_<FIELD NAME IN CAPITALS>."""
+
+    model: str = "auto"  # "auto", a hub id, a local folder, or "tiny"
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 | int8 | int4
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_new_tokens: int = 4096  # default answer budget (reasoning included)
+    max_new_tokens_limit: int = 16384  # the most a caller may ask for
+    max_image_pixels: int = 1_048_576  # downscale budget, ~1,340 visual tokens
+    max_image_bytes: int = 20_000_000  # encoded size accepted per image
+    max_decoded_pixels: int = 64_000_000  # declared size above this is refused before decoding
+    max_images: int = 8  # images per request
+    allow_image_urls: bool = False  # fetch http(s) image URLs at all
+    image_url_allowed_networks: tuple[str, ...] = ()  # CIDRs trusted despite being private
+    image_url_timeout: float = 10.0  # seconds for a whole URL fetch
+    cache_dir: str = field(default_factory=_default_cache_dir)  # where the tiny model is built
+    debug: bool = False  # show tracebacks in the CLI
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read GLMFLASH_* variables; `overrides` (e.g. from CLI flags) win when not None."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"GLMFLASH_{f.name.upper()}")
+            if raw is not None and raw.strip() != "":
+                values[f.name] = _parse(f.name, f.type, raw.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, kind: str, raw: str):
+    var = f"GLMFLASH_{name.upper()}"
+    try:
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise InvalidRequestError(f"{var}={raw!r} is not a valid {kind.split('[')[0]}.", param=var) from None
+    return raw

@@ -1,0 +1,192 @@
+"""Engine: images + messages in, a stream of reasoning/answer chunks out, one generation at a time.
+
+`stream()` is the primitive (usage, timings and finish_reason arrive on its last chunk);
+`chat()` collects it and `ask()` is the notebook one-liner.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
+from .config import Settings
+from .errors import GenerationError, GlmflashError
+from .generate import Detokenizer, run_tokens, stream_tokens
+from .images import ImagePolicy, load_image
+from .messages import to_conversation
+from .options import GenerationOptions
+from .thinking import THINK_OPEN, ThinkingSplitter
+
+log = logging.getLogger("glmflash")
+
+
+class Engine:
+    """A loaded model with its processor. Build one with `glmflash.load()`."""
+
+    def __init__(self, model, processor, info: EngineInfo, settings: Settings):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.info = info
+        self.settings = settings
+        self.image_policy = ImagePolicy.from_settings(settings)
+        self._lock = threading.Lock()
+        config = model.generation_config
+        eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos])
+        self.image_token_id = model.config.image_token_id
+        specials = set(self.tokenizer.all_special_tokens)
+        specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
+        self.control_tokens = tuple(sorted(specials))
+
+    # -- public API -------------------------------------------------------------------------
+
+    def stream(
+        self,
+        messages: Sequence[dict],
+        *,
+        stop_event: threading.Event | None = None,
+        image_policy: ImagePolicy | None = None,
+        **gen,
+    ) -> Iterator[Chunk]:
+        """Validate and prepare now (errors raise here), then stream chunks as they are generated.
+
+        `gen`: max_new_tokens, min_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+        thinking. Set `stop_event` (or close the iterator) to cancel.
+        """
+        return self._start(messages, stop_event, image_policy, gen, stream_tokens)
+
+    def chat(
+        self,
+        messages: Sequence[dict],
+        *,
+        stop_event: threading.Event | None = None,
+        image_policy: ImagePolicy | None = None,
+        **gen,
+    ) -> Reply:
+        """The whole reply at once: the same chunks as `stream`, collected.
+
+        The model runs on the calling thread here (nobody reads tokens while they are made), which
+        saves a thread hop that costs a small model on a small CPU up to a fifth of its speed.
+        """
+        return Reply.collect(self._start(messages, stop_event, image_policy, gen, run_tokens))
+
+    def ask(self, image, question: str, **gen) -> Reply:
+        """One question about one image (or a list of images, or None)."""
+        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+        content = [{"type": "image", "image": item} for item in images]
+        content.append({"type": "text", "text": question})
+        return self.chat([{"role": "user", "content": content}], **gen)
+
+    def render_prompt(self, messages: Sequence[dict], *, thinking: bool = True) -> str:
+        """The exact prompt text the model will see (images as placeholders)."""
+        return self.prepare(messages, thinking=thinking)[0]
+
+    def prepare(self, messages, *, thinking: bool = True, image_policy: ImagePolicy | None = None):
+        """Messages -> (prompt text, model inputs on the device). Decodes and guards the images."""
+        prompt, images = self._render(messages, thinking, image_policy)
+        return prompt, self._tensors(prompt, images)
+
+    def _render(self, messages, thinking: bool, image_policy: ImagePolicy | None):
+        """Check messages and decode images (no torch); render the prompt text."""
+        policy = image_policy or self.image_policy
+        conversation, images = to_conversation(
+            messages,
+            load_image=lambda source: load_image(source, policy),
+            max_images=self.settings.max_images,
+            control_tokens=self.control_tokens,
+        )
+        prompt = self.processor.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+        return prompt, images
+
+    def _tensors(self, prompt: str, images: list) -> dict:
+        try:
+            inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
+        except ValueError as exc:
+            raise GenerationError(f"The processor refused the input: {exc}") from None
+        inputs.pop("token_type_ids", None)
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return dict(inputs)
+
+    # -- the streaming loop -----------------------------------------------------------------
+
+    def _start(self, messages, stop_event, image_policy, gen, tokens_fn) -> Iterator[Chunk]:
+        """Validate and render now, so bad input raises at the call; generate when iterated."""
+        started = time.perf_counter()
+        options = GenerationOptions.build(
+            default_max_new_tokens=self.settings.max_new_tokens,
+            max_new_tokens_limit=self.settings.max_new_tokens_limit,
+            **gen,
+        )
+        prompt, images = self._render(messages, options.thinking, image_policy)
+        return self._run(prompt, images, options, stop_event or threading.Event(), started, tokens_fn)
+
+    def _run(self, prompt, images, options, stop, started, tokens_fn) -> Iterator[Chunk]:
+        prompt_ids = []
+
+        def make_inputs():  # runs on the generating thread
+            inputs = self._tensors(prompt, images)
+            prompt_ids.append(inputs["input_ids"])
+            return inputs
+
+        config = options.generation_config(self.model.generation_config)
+        splitter = ThinkingSplitter(
+            start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN),
+            drop=[t for t in self.control_tokens if t not in _MARKERS],
+        )
+        detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
+        with self._lock:
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            count = reasoning_tokens = 0
+            first = last = None
+            last_token = None
+            try:
+                for token, last in tokens_fn(self.model, make_inputs, config, stop):
+                    first = first or last
+                    count += 1
+                    last_token = token
+                    was_reasoning = splitter.reasoning
+                    for segment in splitter.feed(detokenizer.add(token)):
+                        yield Chunk(segment.text, segment.reasoning, segment.boxed)
+                    if was_reasoning or splitter.reasoning or splitter.saw_think_marker:
+                        reasoning_tokens += 1
+            except GlmflashError:
+                raise
+            except torch.cuda.OutOfMemoryError:
+                raise GenerationError(
+                    "The GPU ran out of memory during generation: send smaller images "
+                    "(GLMFLASH_MAX_IMAGE_PIXELS) or fewer tokens."
+                ) from None
+            except Exception as exc:
+                log.exception("generation failed")
+                raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from None
+        for segment in splitter.feed(detokenizer.flush()) + splitter.flush():
+            yield Chunk(segment.text, segment.reasoning, segment.boxed)
+        if last_token in self.stop_ids:
+            finish = "stop"
+        elif stop.is_set() and count < options.max_new_tokens:  # the caller's cancel
+            finish = "cancelled"
+        else:
+            finish = "length"
+        end = time.perf_counter()
+        prompt_tokens = int(prompt_ids[0].shape[1])
+        image_tokens = int((prompt_ids[0] == self.image_token_id).sum())
+        rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+        yield Chunk(
+            finish_reason=finish,
+            usage=Usage(prompt_tokens, image_tokens, count, reasoning_tokens),
+            timings=Timings((first or end) - started, rate, end - started),
+        )
+
+
+_MARKERS = {"<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>"}

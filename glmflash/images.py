@@ -1,0 +1,197 @@
+"""Untrusted image input: the only place where bytes, data URLs, paths or http(s) URLs become pixels.
+
+Limits are checked before decoding (encoded size, declared pixel count), then the image is
+oriented by EXIF, converted to RGB and downscaled to the visual-token budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+from .fetch import fetch_url
+
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+PIXELS_PER_TOKEN = 28 * 28  # one LLM token per 28x28 pixels after the 2x2 merge
+MAX_ASPECT_RATIO = 200  # the GLM processor refuses anything longer
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What an entry point accepts. Library callers may read local files; servers may not."""
+
+    max_bytes: int = 20_000_000
+    max_decoded_pixels: int = 64_000_000
+    max_image_pixels: int = 1_048_576
+    allow_urls: bool = False
+    allowed_networks: tuple[str, ...] = ()
+    url_timeout: float = 10.0
+    allow_local_files: bool = True
+
+    @classmethod
+    def from_settings(cls, settings, *, allow_local_files: bool = True) -> ImagePolicy:
+        return cls(
+            max_bytes=settings.max_image_bytes,
+            max_decoded_pixels=settings.max_decoded_pixels,
+            max_image_pixels=settings.max_image_pixels,
+            allow_urls=settings.allow_image_urls,
+            allowed_networks=settings.image_url_allowed_networks,
+            url_timeout=settings.image_url_timeout,
+            allow_local_files=allow_local_files,
+        )
+
+
+def visual_tokens(width: int, height: int) -> int:
+    """Approximate visual tokens the model spends on an image of this size."""
+    return max(1, round(width * height / PIXELS_PER_TOKEN))
+
+
+def load_image(source, policy: ImagePolicy) -> Image.Image:
+    """Turn a PIL image, bytes, data URL, http(s) URL or (if allowed) file path into RGB pixels."""
+    if isinstance(source, Image.Image):
+        return _prepare(source, policy)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(source), policy)
+    if isinstance(source, Path):
+        return _read_file(source, policy)
+    if not isinstance(source, str):
+        raise ImageError(
+            f"Unsupported image value of type {type(source).__name__}: give a PIL image, bytes, "
+            "a data: URL, or a file path."
+        )
+    text = source.strip()
+    if text.startswith("data:"):
+        return decode_bytes(decode_data_url(text, policy.max_bytes), policy)
+    if text.lower().startswith(("http://", "https://")):
+        if not policy.allow_urls:
+            raise ImageError(
+                "Image URLs are disabled: send the image inline as a base64 data: URL, "
+                "or enable fetching with GLMFLASH_ALLOW_IMAGE_URLS=1."
+            )
+        data = fetch_url(
+            text,
+            max_bytes=policy.max_bytes,
+            timeout=policy.url_timeout,
+            allowed_networks=policy.allowed_networks,
+        )
+        return decode_bytes(data, policy)
+    if policy.allow_local_files:
+        return _read_file(Path(text), policy)
+    alternative = " or an http(s) URL" if policy.allow_urls else ""
+    raise ImageError(f"An image must be a base64 data: URL (data:image/png;base64,...){alternative}.")
+
+
+def decode_data_url(url: str, max_bytes: int) -> bytes:
+    """Decode `data:[mime];base64,...`, refusing oversize payloads before decoding them."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise ImageError("Malformed data URL: expected data:image/<type>;base64,<data>.")
+    mime = header[5:-7].lower()
+    if mime and not mime.startswith("image/"):
+        raise ImageError(f"The data URL says {mime!r}; only image/* is accepted.")
+    payload = "".join(payload.split())
+    if len(payload) * 3 // 4 > max_bytes:
+        raise ImageError(f"Image is larger than the {_mb(max_bytes)} limit.")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("The image's base64 data is not valid base64.") from None
+
+
+def decode_bytes(data: bytes, policy: ImagePolicy) -> Image.Image:
+    """Decode encoded image bytes with every limit checked before pixels are materialised."""
+    if not data:
+        raise ImageError("The image is empty (0 bytes).")
+    if len(data) > policy.max_bytes:
+        raise ImageError(f"Image is {_mb(len(data))}, over the {_mb(policy.max_bytes)} limit.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError("The image declares too many pixels (decompression bomb).") from None
+    except Exception:
+        raise ImageError(
+            f"Unsupported or unreadable image: accepted formats are {', '.join(FORMATS)}."
+        ) from None
+    if image.format not in FORMATS:
+        raise ImageError(
+            f"Unsupported image format {image.format}: accepted formats are {', '.join(FORMATS)}."
+        )
+    width, height = image.size
+    if width * height > policy.max_decoded_pixels:
+        raise ImageError(
+            f"The image declares {width}x{height} pixels, over the "
+            f"{policy.max_decoded_pixels:,}-pixel limit (possible decompression bomb)."
+        )
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+    except Exception:
+        raise ImageError("The image file is truncated or corrupt.") from None
+    return _prepare(image, policy)
+
+
+def _read_file(path: Path, policy: ImagePolicy) -> Image.Image:
+    if not policy.allow_local_files:
+        raise ImageError("Reading images from file paths is not allowed here.")
+    try:
+        size = path.stat().st_size
+        if size > policy.max_bytes:
+            raise ImageError(f"{path.name} is {_mb(size)}, over the {_mb(policy.max_bytes)} limit.")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"No such image file: {path}") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path} is a folder, not an image file.") from None
+    except OSError as exc:
+        raise ImageError(f"Cannot read {path}: {exc.strerror or exc}") from None
+    return decode_bytes(data, policy)
+
+
+def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
+    """EXIF orientation, RGB (transparency over white), aspect check, downscale to the budget."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError("The image has no pixels.")
+    if width * height > policy.max_decoded_pixels:
+        raise ImageError(
+            f"The image is {width}x{height}, over the {policy.max_decoded_pixels:,}-pixel limit."
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"The image is {width}x{height}: its aspect ratio is over {MAX_ASPECT_RATIO}:1, "
+            "which the model cannot read. Crop it first."
+        )
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        image = background
+    elif image.mode != "RGB":
+        image = image.convert("RGB")
+    return downscale(image, policy.max_image_pixels)
+
+
+def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Shrink (never enlarge) so that width*height <= max_pixels, keeping the aspect ratio."""
+    width, height = image.size
+    if width * height <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / (width * height))
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"

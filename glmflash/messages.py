@@ -1,0 +1,112 @@
+"""OpenAI-style chat messages -> the processor's conversation plus the decoded images, in order.
+
+Checks roles and content parts, counts images, and neutralises control-token text a user typed
+(so "<|assistant|>" in a question is read as text, not as a turn). No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from .errors import ImageError, InvalidRequestError
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def to_conversation(
+    messages: Sequence[dict],
+    *,
+    load_image: Callable[[object], object],
+    max_images: int,
+    control_tokens: Iterable[str] = (),
+) -> tuple[list[dict], list]:
+    """Validate `messages`; return (conversation for the chat template, images in prompt order)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidRequestError(
+            "messages must be a non-empty list of {role, content} objects.", param="messages"
+        )
+    tokens = sorted({t for t in control_tokens if len(t) > 1}, key=len, reverse=True)
+    conversation, images = [], []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"{where} must be an object with role and content.", param=where)
+        role = ROLES.get(message.get("role"))
+        if role is None:
+            raise InvalidRequestError(
+                f"{where}.role {message.get('role')!r} is not supported: use system, user or assistant.",
+                param=f"{where}.role",
+            )
+        if message.get("tool_calls") or message.get("function_call"):
+            raise InvalidRequestError("Tool calls are not supported.", param=f"{where}.tool_calls")
+        parts = []
+        for j, part in enumerate(_parts(message.get("content"), where)):
+            here = f"{where}.content[{j}]"
+            if part[0] == "text":
+                parts.append({"type": "text", "text": neutralize(part[1], tokens)})
+                continue
+            if role != "user":
+                raise InvalidRequestError(f"Images are only accepted in user messages ({here}).", param=here)
+            if len(images) >= max_images:
+                raise ImageError(
+                    f"Too many images: at most {max_images} per request.", param=here, code="too_many_images"
+                )
+            try:
+                images.append(load_image(part[1]))
+            except ImageError as exc:
+                raise ImageError(f"{here}: {exc.message}", param=here, code=exc.code) from None
+            parts.append({"type": "image"})
+        conversation.append({"role": role, "content": parts})
+    if not any(m["role"] == "user" for m in conversation):
+        raise InvalidRequestError("messages need at least one user message.", param="messages")
+    if conversation[-1]["role"] != "user":
+        raise InvalidRequestError("The last message must be from the user.", param="messages")
+    return conversation, images
+
+
+def _parts(content, where: str) -> list[tuple[str, object]]:
+    """Content as ("text", str) / ("image", source) pairs."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [("text", content)]
+    if not isinstance(content, list):
+        raise InvalidRequestError(
+            f"{where}.content must be a string or a list of parts.", param=f"{where}.content"
+        )
+    out = []
+    for j, part in enumerate(content):
+        here = f"{where}.content[{j}]"
+        if isinstance(part, str):
+            out.append(("text", part))
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(("text", part["text"]))
+        elif kind == "image_url":
+            value = part.get("image_url")
+            url = value.get("url") if isinstance(value, dict) else value
+            if not isinstance(url, str) or not url:
+                raise InvalidRequestError(
+                    f"{here}.image_url.url must be a string.", param=f"{here}.image_url"
+                )
+            out.append(("image", url))
+        elif kind == "image":
+            source = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
+            if source is None:
+                raise InvalidRequestError(f"{here} has type image but no image.", param=here)
+            out.append(("image", source))
+        else:
+            raise InvalidRequestError(
+                f"{here} has unsupported type {kind!r}: use text, image_url or image.", param=f"{here}.type"
+            )
+    return out
+
+
+def neutralize(text: str, control_tokens: Sequence[str]) -> str:
+    """Break control-token strings with a zero-width space so they tokenize as plain text."""
+    for token in control_tokens:
+        if token in text:
+            text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
+    return text
