@@ -1,0 +1,71 @@
+"""Shared fixtures: the tiny model is built once per run into a temporary cache folder."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+import glmflash
+from glmflash.testing import ensure_tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("glmflash-cache")
+    ensure_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def engine(cache_dir):
+    return glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+
+
+def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", noise=False) -> bytes:
+    if noise:
+        image = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    else:
+        image = Image.new(mode, size, color if mode == "RGB" else None)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "glmflash-generate" and t.is_alive()]
+
+
+def run_cli(*args, env_extra=None, timeout=240) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "glmflash", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )

@@ -1,0 +1,137 @@
+"""Where the model comes from, device/precision choice, and the errors a user meets first."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+
+import pytest
+
+import glmflash
+from glmflash.config import Settings
+from glmflash.errors import (
+    InsufficientMemoryError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    PrecisionError,
+)
+from glmflash.load import GiB, check_gpu_memory, choose_placement, estimate_memory, quantization_config
+from tests.conftest import run_cli
+
+
+def test_cpu_auto_is_fp32_with_a_reason():
+    placement = choose_placement("auto", "auto")
+    assert (placement.device, placement.precision, placement.dtype_name) == ("cpu", "fp32", "float32")
+    assert placement.reason == "fp32 on cpu (no CUDA device)"
+
+
+def test_int8_on_cpu_is_allowed():
+    assert choose_placement("int8", "cpu").precision == "int8"
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "match"),
+    [
+        ("int9", "auto", "Unknown precision 'int9': choose one of auto, bf16"),
+        ("int4", "cpu", "int4 needs a CUDA GPU"),
+        ("auto", "cuda", "no CUDA GPU is visible"),
+        ("auto", "tpu", "Unknown device"),
+    ],
+)
+def test_impossible_choices_are_clear_errors(precision, device, match):
+    with pytest.raises(PrecisionError, match=match):
+        choose_placement(precision, device)
+
+
+def full_size_config():
+    from transformers import Glm4vConfig
+
+    data = json.loads(resources.files("glmflash").joinpath("data/full_size_config.json").read_text())
+    data.pop("_comment")
+    return Glm4vConfig(**data)
+
+
+def test_memory_estimate_of_the_real_architecture():
+    needs = estimate_memory(full_size_config(), "bf16")
+    # 20.6 GB of bf16 weights in the checkpoint, plus headroom; int8/int4 keep the vision tower in 16-bit
+    assert 20 * GiB < needs["bf16"] < 23 * GiB
+    assert needs["int4"] < needs["int8"] < needs["bf16"] < needs["fp32"]
+
+
+def test_not_enough_gpu_memory_says_how_much_and_suggests_smaller():
+    needs = estimate_memory(full_size_config(), "bf16")
+    with pytest.raises(InsufficientMemoryError) as info:
+        check_gpu_memory(needs, "bf16", 16 * GiB, "cuda:0")
+    message = info.value.message
+    assert "16.0 GiB free" in message and "bf16 needs about 21" in message
+    assert "int8 ~13" in message and "Try --precision int8" in message
+    check_gpu_memory(needs, "int8", 16 * GiB, "cuda:0")  # fits: no error
+
+
+def test_bitsandbytes_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    with pytest.raises(MissingDependencyError, match="pip install 'bitsandbytes"):
+        quantization_config("int8", None)
+
+
+def test_named_checkpoint_offline_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    module = sys.modules["glmflash.load"]  # the module, not the load() function of the same name
+    monkeypatch.setattr(module, "_cached_snapshot", lambda repo: None)
+    monkeypatch.setattr(module, "_hub_status", lambda repo: (False, False))
+    with pytest.raises(ModelNotFoundError, match=r"hf download zai-org/GLM-4.6V-Flash.*GLMFLASH_MODEL"):
+        glmflash.load("zai-org/GLM-4.6V-Flash", settings=Settings(cache_dir=str(tmp_path)))
+
+
+def test_missing_folder_and_folder_without_config(tmp_path):
+    settings = Settings(cache_dir=str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        glmflash.load(str(tmp_path / "nope"), settings=settings)
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
+        glmflash.load(str(tmp_path), settings=settings)
+
+
+def test_unknown_load_option():
+    with pytest.raises(TypeError, match="max_imag_pixels"):
+        glmflash.load("tiny", max_imag_pixels=5)
+
+
+@pytest.mark.parametrize(
+    "hub_env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["offline-flag", "hub-unreachable"],
+)
+def test_auto_falls_back_to_the_tiny_model_loudly(cache_dir, tmp_path, hub_env):
+    env = {"HF_HOME": str(tmp_path / "hf"), "GLMFLASH_CACHE_DIR": str(cache_dir), "GLMFLASH_MODEL": "auto"}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = run_cli("info", env_extra={**env, **hub_env})
+    assert result.returncode == 0, result.stderr
+    assert "MEANINGLESS" in result.stderr and "GLMFLASH_MODEL" in result.stderr
+    info = json.loads(result.stdout)
+    assert info["demo_model"] is True and info["model_id"] == "glmflash/tiny"
+
+
+def test_explicit_hub_id_unreachable_exits_with_one_line(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_cli("info", "--model", "zai-org/GLM-4.6V-Flash", env_extra=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: zai-org/GLM-4.6V-Flash is not in the local cache")
+    assert "Traceback" not in result.stderr
+
+
+def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeypatch):
+    """A model in the Hugging Face cache layout loads offline through the real resolution code."""
+    import shutil
+
+    from glmflash.load import _cached_snapshot
+
+    snapshot = tmp_path / "hub" / "models--org--fake" / "snapshots" / "abc123"
+    shutil.copytree(cache_dir / "tiny-v1", snapshot)
+    (tmp_path / "hub" / "models--org--fake" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--fake" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub._snapshot_download as sd
+
+    monkeypatch.setattr(sd.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    found = _cached_snapshot("org/fake")
+    assert found == str(snapshot)
