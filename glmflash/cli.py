@@ -1,4 +1,4 @@
-"""Command line: `python -m glmflash chat | info | tiny-model`. Errors are one line and exit code 2."""
+"""Command line: `python -m glmflash serve | chat | info | tiny-model`. Errors: one line, exit code 2."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float)
     chat.add_argument("--seed", type=int)
 
+    serve = commands.add_parser("serve", help="the OpenAI-compatible API on --host:--port")
+    _model_flags(serve)
+    serve.add_argument("--host", help="address to listen on (GLMFLASH_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (GLMFLASH_PORT, default 8080)")
+
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
 
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="glmflash: %(message)s", stream=sys.stderr)
     debug = args.debug
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None))
         debug = debug or settings.debug
         if args.command == "tiny-model":
             from .testing import build_tiny_model
@@ -60,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         engine = _load(args, settings)
         if args.command == "info":
             print(json.dumps(engine.info.to_dict(), indent=2))
+            return 0
+        if args.command == "serve":
+            from .server.run import serve
+
+            serve(engine, engine.settings)
             return 0
         return _chat(engine, args)
     except GlmflashError as exc:

@@ -36,8 +36,23 @@ class Settings:
     allow_image_urls: bool = False  # fetch http(s) image URLs at all
     image_url_allowed_networks: tuple[str, ...] = ()  # CIDRs trusted despite being private
     image_url_timeout: float = 10.0  # seconds for a whole URL fetch
+    max_context_tokens: int = 0  # prompt + answer ceiling; 0 = the model's own context length
     cache_dir: str = field(default_factory=_default_cache_dir)  # where the tiny model is built
     debug: bool = False  # show tracebacks in the CLI
+    # -- the HTTP server --------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8080
+    served_model_name: str = "glm-4.6v-flash"  # the id /v1/models lists; any id is accepted
+    api_keys: str = ""  # comma-separated keys, or the path of a file with one key per line
+    jwt_secret: str = ""  # HS256 secret; tokens must carry `exp`
+    allowed_ips: tuple[str, ...] = ()  # client CIDRs; empty = everyone
+    max_body_bytes: int = 60_000_000  # whole request body (413 above, before it is read)
+    max_queue: int = 16  # requests waiting for the engine (503 with Retry-After above)
+    request_timeout: float = 300.0  # seconds a request may take in all (504 after)
+    drain_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM
+    audit_log: str = ""  # JSON-lines file; empty = no audit log
+    audit_log_max_bytes: int = 50_000_000  # rotate above this size (5 files kept)
+    audit_log_prompts: bool = False  # also log the prompt text (never the images)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

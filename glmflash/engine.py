@@ -15,7 +15,7 @@ import torch
 
 from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
 from .config import Settings
-from .errors import GenerationError, GlmflashError
+from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from .generate import Detokenizer, run_tokens, stream_tokens
 from .images import ImagePolicy, load_image
 from .messages import to_conversation
@@ -43,6 +43,8 @@ class Engine:
         specials = set(self.tokenizer.all_special_tokens)
         specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
         self.control_tokens = tuple(sorted(specials))
+        text_config = getattr(model.config, "text_config", model.config)
+        self.context_tokens = settings.max_context_tokens or text_config.max_position_embeddings
 
     # -- public API -------------------------------------------------------------------------
 
@@ -117,6 +119,17 @@ class Engine:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return dict(inputs)
 
+    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.context_tokens:
+            raise InvalidRequestError(
+                f"This model's context is {self.context_tokens} tokens, but the request needs "
+                f"{prompt_tokens + max_new_tokens} ({prompt_tokens} in the messages and images, "
+                f"{max_new_tokens} for the answer). Send fewer or smaller images, a shorter "
+                "conversation, or a lower max_tokens.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
     # -- the streaming loop -----------------------------------------------------------------
 
     def _start(self, messages, stop_event, image_policy, gen, tokens_fn) -> Iterator[Chunk]:
@@ -135,6 +148,7 @@ class Engine:
 
         def make_inputs():  # runs on the generating thread
             inputs = self._tensors(prompt, images)
+            self._check_context(inputs["input_ids"].shape[1], options.max_new_tokens)
             prompt_ids.append(inputs["input_ids"])
             return inputs
 
@@ -163,9 +177,10 @@ class Engine:
             except GlmflashError:
                 raise
             except torch.cuda.OutOfMemoryError:
-                raise GenerationError(
-                    "The GPU ran out of memory during generation: send smaller images "
-                    "(GLMFLASH_MAX_IMAGE_PIXELS) or fewer tokens."
+                torch.cuda.empty_cache()  # give the memory back so the next request can run
+                raise InsufficientMemoryError(
+                    "The GPU ran out of memory for this request: send smaller or fewer images "
+                    "(GLMFLASH_MAX_IMAGE_PIXELS) or ask for fewer tokens."
                 ) from None
             except Exception as exc:
                 log.exception("generation failed")

@@ -1,0 +1,298 @@
+"""create_app(engine, settings): the OpenAI-compatible routes, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..chunks import Reply
+from ..config import Settings
+from ..errors import GlmflashError
+from ..images import ImagePolicy
+from . import protocol
+from .bridge import DONE, WAITING, EngineCall
+from .errors import ApiError, error_response
+from .observability import AuditLog, Metrics
+from .security import Authenticator, ClientAllowList, GuardMiddleware
+
+log = logging.getLogger("glmflash.server")
+POLL_S = 0.25  # how often a waiting request checks for a client that went away
+ROUTES = {"/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
+
+
+class ServerState:
+    """What the routes share: the engine, settings, counters and the admission count."""
+
+    def __init__(self, engine, settings: Settings):
+        self.engine, self.settings = engine, settings
+        self.metrics = Metrics()
+        self.audit = AuditLog(settings.audit_log, settings.audit_log_max_bytes, settings.audit_log_prompts)
+        self.auth = Authenticator(settings.api_keys, settings.jwt_secret)
+        self.image_policy = ImagePolicy.from_settings(settings, allow_local_files=False)
+        self.active = 0  # admitted chat requests: one generating, the rest waiting for the engine
+        self.draining = False
+
+    def admit(self) -> None:
+        if self.draining:
+            raise ApiError(503, "The server is shutting down.", code="draining", headers={"Retry-After": "5"})
+        if self.active >= self.settings.max_queue + 1:
+            raise ApiError(
+                503,
+                f"The server is busy ({self.active} requests ahead). Retry shortly.",
+                code="queue_full",
+                headers={"Retry-After": "2"},
+            )
+        self.active += 1
+        self.metrics.queue_depth.set(self.active)
+
+    def release(self) -> None:
+        self.active -= 1
+        self.metrics.queue_depth.set(self.active)
+
+
+def create_app(engine, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    state = ServerState(engine, settings)
+    app = FastAPI(title="glmflash", version="0.1.0", description="OpenAI-compatible API for GLM-4.6V-Flash")
+    app.state.glmflash = state
+    _install_error_handlers(app)
+
+    def caller(request: Request) -> str:
+        identity = state.auth.identify(request.headers.get("authorization"))
+        if identity is None:
+            raise ApiError(
+                401, "Missing or invalid API key: send Authorization: Bearer <key>.", code="invalid_api_key"
+            )
+        return identity
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        info = engine.info
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return {"status": "ready", "model": info.model_id, "demo_model": info.demo_model}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models(identity: str = Depends(caller)):
+        entry = {"id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "glmflash"}
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(
+        body: protocol.ChatCompletionRequest, request: Request, identity: str = Depends(caller)
+    ):
+        options = body.generation_options()
+        state.admit()
+        record = _audit_record(request, identity, body)
+        call = EngineCall(engine, body.messages, options, state.image_policy)
+        handed_over = False
+        try:
+            first = await _next(call, request, settings)
+            if isinstance(first, BaseException):
+                raise first
+            if body.stream:
+                handed_over = True
+                stream = _sse(call, first, body, state, record)
+                return StreamingResponse(
+                    stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                )
+            chunks = [first]
+            while not chunks[-1].is_final:
+                item = await _next(call, request, settings)
+                if isinstance(item, BaseException):
+                    raise item
+                chunks.append(item)
+            reply = Reply.collect(chunks)
+            _finish(state, record, call, reply.usage, reply.timings, 200)
+            return protocol.completion(reply, request_id=protocol.new_id(), model=settings.served_model_name)
+        except (ApiError, GlmflashError) as exc:
+            status = exc.status
+            _finish(state, record, call, None, None, status)
+            raise
+        finally:
+            if not handed_over:
+                call.cancel()
+                state.release()
+
+    app.add_middleware(
+        GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        allow_list=ClientAllowList(settings.allowed_ips),
+    )
+    app.add_middleware(_CountRequests, metrics=state.metrics)
+    return app
+
+
+async def _next(call: EngineCall, request: Request | None, settings: Settings):
+    """The next item from the engine, watching the deadline and (given `request`) the client.
+
+    Streaming responses leave the client to Starlette, which cancels the stream on disconnect.
+    """
+    deadline = call.started + settings.request_timeout
+    while True:
+        now = time.perf_counter()
+        if now >= deadline:
+            call.cancel()
+            raise ApiError(
+                504, f"The request took longer than {settings.request_timeout:g} s.", code="request_timeout"
+            )
+        if request is not None and now - call.checked >= POLL_S:
+            call.checked = now
+            if await request.is_disconnected():
+                call.cancel()
+                raise ApiError(499, "The client went away.", code="client_closed")
+        item = await call.next(min(POLL_S, deadline - now))
+        if item is DONE:
+            raise ApiError(500, "The generation ended without a result.", code="internal_error")
+        if item is not WAITING:
+            return item
+
+
+async def _sse(call, first, body, state: ServerState, record):
+    """SSE events: a role delta, content/reasoning deltas, the finish, optional usage, [DONE]."""
+    request_id, created, model = protocol.new_id(), int(time.time()), state.settings.served_model_name
+    status = 200
+    usage = timings = None
+    try:
+        yield _event(protocol.chunk(request_id, model, created, {"role": "assistant", "content": ""}))
+        item = first
+        while True:
+            if item.is_final:
+                usage, timings = item.usage, item.timings
+                final = protocol.chunk(request_id, model, created, {}, protocol.finish(item.finish_reason))
+                yield _event(final)
+                if body.include_usage:
+                    yield _event(protocol.chunk(request_id, model, created, {}, usage=item.usage))
+                yield "data: [DONE]\n\n"
+                return
+            key = "reasoning_content" if item.reasoning else "content"
+            yield _event(protocol.chunk(request_id, model, created, {key: item.text}))
+            item = await _next(call, None, state.settings)
+            if isinstance(item, BaseException):
+                raise item
+    except (ApiError, GlmflashError) as exc:
+        status = exc.status
+        error = ApiError.from_library(exc) if isinstance(exc, GlmflashError) else exc
+        yield _event(
+            {
+                "error": {
+                    "message": error.message,
+                    "type": "server_error",
+                    "param": error.param,
+                    "code": error.code,
+                }
+            }
+        )
+    except BaseException:  # the client went away (cancelled) or something broke: stop the model
+        status = 499
+        raise
+    finally:
+        call.cancel()
+        state.release()
+        _finish(state, record, call, usage, timings, status)
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _audit_record(request: Request, identity: str, body) -> dict:
+    images = image_bytes = 0
+    prompt = []
+    for message in body.messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        for part in parts:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") in ("image_url", "image"):
+                images += 1
+                url = part.get("image_url")
+                url = url.get("url", "") if isinstance(url, dict) else url
+                image_bytes += len(url) * 3 // 4 if isinstance(url, str) else 0
+            elif isinstance(part.get("text"), str):
+                prompt.append(part["text"])
+    client = request.client.host if request.client else None
+    return {"client": client, "key_id": identity, "images": images, "image_bytes": image_bytes,
+            "stream": bool(body.stream), "prompt": "\n".join(prompt)}  # fmt: skip
+
+
+def _finish(state: ServerState, record: dict, call, usage, timings, status: int) -> None:
+    latency = time.perf_counter() - call.started
+    state.metrics.latency.observe(latency)
+    if usage is not None:
+        state.metrics.observe(usage, timings, record["images"])
+    tokens = (
+        {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
+    )
+    state.audit.write(**record, **tokens, latency_s=round(latency, 4), status=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return error_response(exc)
+
+    @app.exception_handler(GlmflashError)
+    async def library_error(request, exc: GlmflashError):
+        return error_response(ApiError.from_library(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return error_response(ApiError(400, "The request body is not valid JSON.", code="invalid_json"))
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else "The request body is invalid."
+        return error_response(ApiError(400, message, code="invalid_value", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error_response(ApiError(exc.status_code, str(exc.detail), code="http_error"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):
+        log.exception("unexpected error")
+        return error_response(
+            ApiError(500, "Internal error: the server logged the details.", code="internal_error")
+        )
+
+
+class _CountRequests:
+    """ASGI: count every response by route and status for /metrics."""
+
+    def __init__(self, app, *, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = [500]
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            self.metrics.requests.labels(route, str(status[0])).inc()

@@ -1,0 +1,56 @@
+"""One request's generation on a worker thread, read from asyncio with deadlines and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+DONE = object()  # the worker finished
+WAITING = object()  # nothing arrived within the wait
+
+
+class EngineCall:
+    """Runs `engine.stream(...)` on its own thread; chunks and errors arrive on an asyncio queue.
+
+    Image decoding and validation happen on that thread too, so a big upload never blocks the
+    event loop. `cancel()` sets the stop event: the model stops within a token or two.
+    """
+
+    def __init__(self, engine, messages, options: dict, image_policy):
+        self.engine, self.messages, self.options, self.image_policy = engine, messages, options, image_policy
+        self.stop = threading.Event()
+        self.started = time.perf_counter()
+        self.checked = self.started  # when the client's connection was last checked
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._thread = threading.Thread(target=self._work, name="glmflash-request", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            stream = self.engine.stream(
+                self.messages, stop_event=self.stop, image_policy=self.image_policy, **self.options
+            )
+            for chunk in stream:
+                self._deliver(chunk)
+        except BaseException as exc:  # delivered to the request, which answers with it
+            self._deliver(exc)
+        finally:
+            self._deliver(DONE)
+
+    def _deliver(self, item) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shut down): nobody is listening
+            self.stop.set()
+
+    async def next(self, wait: float):
+        """The next chunk, exception or DONE; WAITING if nothing came within `wait` seconds."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=max(wait, 0.0))
+        except TimeoutError:
+            return WAITING
+
+    def cancel(self) -> None:
+        self.stop.set()

@@ -1,0 +1,161 @@
+"""The OpenAI chat-completions request (checked field by field) and the response/chunk shapes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ApiError
+
+# Fields OpenAI clients send that change nothing at their neutral value; anything else is refused.
+NEUTRAL = {
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None, False, True),
+    "stop": (None, [], ""),
+    "modalities": (None, ["text"]),
+    "reasoning_effort": (None,),
+}
+IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions. vLLM extras: top_k, min_tokens, repetition_penalty, chat_template_kwargs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    min_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    n: int | None = 1
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    thinking: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    def generation_options(self) -> dict:
+        """The engine's keyword arguments, after refusing what we do not support."""
+        extras = dict(self.model_extra or {})
+        for name, value in extras.items():
+            if name in NEUTRAL:
+                if value not in NEUTRAL[name]:
+                    raise ApiError(
+                        400, f"'{name}' is not supported by this server.", code="unsupported", param=name
+                    )
+            elif name not in IGNORED:
+                raise ApiError(400, f"Unknown field '{name}'.", code="unknown_field", param=name)
+        if self.n not in (None, 1):
+            raise ApiError(400, "Only n=1 is supported.", code="unsupported", param="n")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise ApiError(
+                400,
+                "response_format (JSON output) is not available yet on this server.",
+                code="unsupported",
+                param="response_format",
+            )
+        thinking = self.thinking
+        template = self.chat_template_kwargs or {}
+        unknown = set(template) - {"enable_thinking"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ApiError(
+                400,
+                f"chat_template_kwargs.{name} is not supported.",
+                code="unsupported",
+                param=f"chat_template_kwargs.{name}",
+            )
+        if "enable_thinking" in template:
+            thinking = template["enable_thinking"]
+        options = {
+            "max_new_tokens": self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else self.max_tokens,
+            "min_new_tokens": self.min_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
+        options = {k: v for k, v in options.items() if v is not None}
+        if thinking is not None:
+            options["thinking"] = thinking
+        return options
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage_dict(usage) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": usage.image_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def completion(reply, *, request_id: str, model: str) -> dict:
+    return {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": reply.text,
+                    "reasoning_content": reply.reasoning or None,
+                },
+                "finish_reason": finish(reply.finish_reason),
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_dict(reply.usage),
+    }
+
+
+def chunk(request_id: str, model: str, created: int, delta: dict, finish_reason=None, usage=None) -> dict:
+    body = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": []
+        if usage is not None
+        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+    if usage is not None:
+        body["usage"] = usage_dict(usage)
+    return body
+
+
+def finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"

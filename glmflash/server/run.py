@@ -1,0 +1,56 @@
+"""`python -m glmflash serve`: uvicorn around create_app, with draining on SIGTERM."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import uvicorn
+
+from .app import create_app
+
+log = logging.getLogger("glmflash.server")
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGINT/SIGTERM: mark the app as draining (/ready answers 503), then uvicorn's shutdown
+    stops accepting and gives in-flight requests `timeout_graceful_shutdown` seconds."""
+
+    def __init__(self, config, state):
+        super().__init__(config)
+        self.glmflash_state = state
+
+    def handle_exit(self, sig, frame):
+        self.glmflash_state.draining = True
+        super().handle_exit(sig, frame)
+
+
+def serve(engine, settings, *, app=None) -> None:
+    app = app or create_app(engine, settings)
+    state = app.state.glmflash
+    if not _is_loopback(settings.host) and not state.auth.enabled:
+        log.warning(
+            "WARNING: serving on %s without authentication: anyone who can reach this port can use the "
+            "model. Set GLMFLASH_API_KEYS or GLMFLASH_JWT_SECRET (and GLMFLASH_ALLOWED_IPS).",
+            settings.host,
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.drain_timeout),
+        log_level="info",
+        access_log=False,
+    )
+    log.info("serving %s on http://%s:%s (API at /v1)", engine.info.model_id, settings.host, settings.port)
+    _DrainingServer(config, state).run()
+    state.audit.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,173 @@
+"""The API as OpenAI clients use it: the official client, plain requests, streaming, images, metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import openai
+import pytest
+import requests
+from PIL import Image
+
+from tests.server_helpers import running_server
+
+
+def jpeg_data_url(size=(160, 120), color=(200, 30, 30)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with running_server(engine) as (url, _app):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def image_tokens(usage) -> int:
+    details = usage.prompt_tokens_details
+    value = getattr(details, "image_tokens", None)
+    return value if value is not None else details.model_extra["image_tokens"]
+
+
+def image_message(text="What is in this image?", *urls):
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": u}} for u in (urls or (jpeg_data_url(),))]
+    return [{"role": "user", "content": parts}]
+
+
+def test_openai_client_non_streaming_with_an_image(client):
+    response = client.chat.completions.create(
+        model="glm-4.6v-flash", messages=image_message(), max_tokens=12, temperature=0.7
+    )
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert response.usage.completion_tokens <= 12
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+    assert image_tokens(response.usage) > 0
+    assert response.usage.completion_tokens_details.reasoning_tokens is not None
+
+
+def test_openai_client_streaming_with_an_image(client):
+    stream = client.chat.completions.create(
+        model="glm-4.6v-flash",
+        messages=image_message(),
+        max_tokens=20,
+        stream=True,
+        stream_options={"include_usage": True},
+        seed=3,
+    )
+    chunks = list(stream)
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant"
+    text = "".join(d.content or "" for d in deltas)
+    reasoning = "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["stop"], ["length"])
+    assert chunks[-1].usage.completion_tokens == 20 or finishes == ["stop"]
+    same = client.chat.completions.create(model="m", messages=image_message(), max_tokens=20, seed=3)
+    assert same.choices[0].message.content == text
+    assert (same.choices[0].message.model_extra.get("reasoning_content") or "") == reasoning
+
+
+def test_classic_requests_snippet_works_unchanged(server):
+    url = f"{server}/v1/chat/completions"
+    response = requests.post(
+        url,
+        json={
+            "model": "glm-4.6v-flash",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "发票上的金额是多少？"},
+                        {"type": "image_url", "image_url": {"url": jpeg_data_url()}},
+                    ],
+                }
+            ],
+            "max_tokens": 512,
+            "temperature": 0.7,
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200
+    assert isinstance(response.json()["choices"][0]["message"]["content"], str)
+
+
+def test_two_images_in_one_request(client, engine):
+    one = client.chat.completions.create(
+        model="m", messages=image_message("x", jpeg_data_url()), max_tokens=2
+    )
+    two = client.chat.completions.create(
+        model="m", messages=image_message("x", jpeg_data_url(), jpeg_data_url((300, 200))), max_tokens=2
+    )
+    tokens_one, tokens_two = image_tokens(one.usage), image_tokens(two.usage)
+    grid = engine.processor.image_processor(images=[Image.new("RGB", (300, 200))], return_tensors="pt")
+    assert tokens_two == tokens_one + int(grid["image_grid_thw"].prod()) // 4
+
+
+def test_thinking_off_both_ways(client):
+    on = client.chat.completions.create(model="m", messages=image_message(), max_tokens=2)
+    off_vllm = client.chat.completions.create(
+        model="m",
+        messages=image_message(),
+        max_tokens=2,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    off_plain = client.chat.completions.create(
+        model="m", messages=image_message(), max_tokens=2, extra_body={"thinking": False}
+    )
+    # "/nothink" and the empty think block make the prompt longer
+    assert off_vllm.usage.prompt_tokens == off_plain.usage.prompt_tokens > on.usage.prompt_tokens
+
+
+def test_models_health_ready(server):
+    assert requests.get(f"{server}/v1/models", timeout=10).json()["data"][0]["id"] == "glm-4.6v-flash"
+    assert requests.get(f"{server}/health", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{server}/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["demo_model"] is True
+
+
+def metric(server, name):
+    for line in requests.get(f"{server}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move(server, client):
+    ok = 'glmflash_requests_total{route="/v1/chat/completions",status="200"}'
+    bad = 'glmflash_requests_total{route="/v1/chat/completions",status="400"}'
+    before = {
+        name: metric(server, name)
+        for name in (ok, bad, "glmflash_images_total", "glmflash_completion_tokens_total")
+    }
+    client.chat.completions.create(model="m", messages=image_message(), max_tokens=3)
+    requests.post(f"{server}/v1/chat/completions", json={"messages": []}, timeout=10)
+    assert metric(server, ok) == before[ok] + 1
+    assert metric(server, bad) == before[bad] + 1
+    assert metric(server, "glmflash_images_total") == before["glmflash_images_total"] + 1
+    assert metric(server, "glmflash_completion_tokens_total") > before["glmflash_completion_tokens_total"]
+    text = requests.get(f"{server}/metrics", timeout=10).text
+    names = ["glmflash_request_latency_seconds_bucket", "glmflash_time_to_first_token_seconds_bucket"]
+    names += ["glmflash_queue_depth", "glmflash_prompt_tokens_total", "glmflash_gpu_memory_bytes"]
+    assert all(name in text for name in names)
+
+
+def test_stream_events_are_sse(server):
+    body = {"messages": image_message(), "max_tokens": 4, "stream": True}
+    with requests.post(f"{server}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines(decode_unicode=True) if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    payloads = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(p["object"] == "chat.completion.chunk" for p in payloads)
