@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chunks import Reply
 from ..config import Settings
 from ..errors import GlmflashError
 from ..images import ImagePolicy
@@ -98,8 +97,9 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
     ):
         options = body.generation_options()
         state.admit()
-        record = _audit_record(request, identity, body)
-        call = EngineCall(engine, body.messages, options, state.image_policy)
+        messages = body.message_dicts()
+        record = _audit_record(request, identity, messages, body.stream)
+        call = EngineCall(engine, messages, options, state.image_policy, stream=bool(body.stream))
         handed_over = False
         try:
             first = await _next(call, request, settings)
@@ -111,13 +111,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
                 return StreamingResponse(
                     stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
-            chunks = [first]
-            while not chunks[-1].is_final:
-                item = await _next(call, request, settings)
-                if isinstance(item, BaseException):
-                    raise item
-                chunks.append(item)
-            reply = Reply.collect(chunks)
+            reply = first
             _finish(state, record, call, reply.usage, reply.timings, 200)
             return protocol.completion(reply, request_id=protocol.new_id(), model=settings.served_model_name)
         except (ApiError, GlmflashError) as exc:
@@ -211,10 +205,10 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _audit_record(request: Request, identity: str, body) -> dict:
+def _audit_record(request: Request, identity: str, messages: list[dict], stream) -> dict:
     images = image_bytes = 0
     prompt = []
-    for message in body.messages:
+    for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
         for part in parts:
@@ -229,7 +223,7 @@ def _audit_record(request: Request, identity: str, body) -> dict:
                 prompt.append(part["text"])
     client = request.client.host if request.client else None
     return {"client": client, "key_id": identity, "images": images, "image_bytes": image_bytes,
-            "stream": bool(body.stream), "prompt": "\n".join(prompt)}  # fmt: skip
+            "stream": bool(stream), "prompt": "\n".join(prompt)}  # fmt: skip
 
 
 def _finish(state: ServerState, record: dict, call, usage, timings, status: int) -> None:
@@ -258,8 +252,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             return error_response(ApiError(400, "The request body is not valid JSON.", code="invalid_json"))
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        param = _param_path(first.get("loc", ()))
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else "The request body is invalid."
         return error_response(ApiError(400, message, code="invalid_value", param=param))
 
@@ -273,6 +266,21 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(
             ApiError(500, "Internal error: the server logged the details.", code="internal_error")
         )
+
+
+def _param_path(loc) -> str | None:
+    """("body", "messages", 0, "role") -> "messages[0].role", the way the core names fields."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("str", "list[dict[str,any]]", "none"):  # pydantic's union branch names
+            break
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
 
 
 class _CountRequests:

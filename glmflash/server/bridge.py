@@ -11,14 +11,16 @@ WAITING = object()  # nothing arrived within the wait
 
 
 class EngineCall:
-    """Runs `engine.stream(...)` on its own thread; chunks and errors arrive on an asyncio queue.
+    """Runs the engine on its own thread; chunks (or, with stream=False, the whole Reply) and errors
+    arrive on an asyncio queue.
 
     Image decoding and validation happen on that thread too, so a big upload never blocks the
     event loop. `cancel()` sets the stop event: the model stops within a token or two.
     """
 
-    def __init__(self, engine, messages, options: dict, image_policy):
+    def __init__(self, engine, messages, options: dict, image_policy, *, stream: bool):
         self.engine, self.messages, self.options, self.image_policy = engine, messages, options, image_policy
+        self.stream = stream
         self.stop = threading.Event()
         self.started = time.perf_counter()
         self.checked = self.started  # when the client's connection was last checked
@@ -28,12 +30,13 @@ class EngineCall:
         self._thread.start()
 
     def _work(self) -> None:
+        kwargs = {"stop_event": self.stop, "image_policy": self.image_policy, **self.options}
         try:
-            stream = self.engine.stream(
-                self.messages, stop_event=self.stop, image_policy=self.image_policy, **self.options
-            )
-            for chunk in stream:
-                self._deliver(chunk)
+            if self.stream:
+                for chunk in self.engine.stream(self.messages, **kwargs):
+                    self._deliver(chunk)
+            else:  # the model runs on this thread: no second thread hop for a whole answer
+                self._deliver(self.engine.chat(self.messages, **kwargs))
         except BaseException as exc:  # delivered to the request, which answers with it
             self._deliver(exc)
         finally:

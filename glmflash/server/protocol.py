@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,13 +29,22 @@ NEUTRAL = {
 IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}
 
 
+class Message(BaseModel):
+    """One chat message; content parts are checked by the core (glmflash.messages)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions. vLLM extras: top_k, min_tokens, repetition_penalty, chat_template_kwargs."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    messages: list[dict[str, Any]]
+    messages: list[Message]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     min_tokens: int | None = None
@@ -100,6 +109,9 @@ class ChatCompletionRequest(BaseModel):
         if thinking is not None:
             options["thinking"] = thinking
         return options
+
+    def message_dicts(self) -> list[dict]:
+        return [message.model_dump() for message in self.messages]
 
     @property
     def include_usage(self) -> bool:
