@@ -112,7 +112,9 @@ class Engine:
         try:
             inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt")
         except ValueError as exc:
-            raise GenerationError(f"The processor refused the input: {exc}") from None
+            raise InvalidRequestError(
+                f"The model's processor refused the input: {exc}", param="messages"
+            ) from None
         inputs.pop("token_type_ids", None)
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
@@ -159,6 +161,11 @@ class Engine:
         )
         detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
         with self._lock:
+            if stop.is_set():  # cancelled while waiting for the engine: no prefill for nobody
+                yield Chunk(
+                    finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0)
+                )
+                return
             if options.seed is not None:
                 torch.manual_seed(options.seed)
             count = reasoning_tokens = 0

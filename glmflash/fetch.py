@@ -7,10 +7,12 @@ connection goes to the address that was checked, so DNS cannot change it in betw
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
@@ -24,13 +26,23 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allowed_networks: tup
     trusted = [ipaddress.ip_network(net, strict=False) for net in allowed_networks]
     deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ImageError(f"Malformed image URL {url[:80]!r}.") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ImageError(f"Only http(s) image URLs are accepted, not {url[:80]!r}.")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         address = resolve_public(parts.hostname, port, trusted)
         conn = _connection(parts.scheme, parts.hostname, address, port, _left(deadline))
+        # A server trickling bytes never trips a per-read timeout: a watchdog enforces the total.
+        sockets = []
+        watchdog = threading.Timer(_left(deadline), _abort, args=(sockets,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
+            conn.connect()
+            sockets.append(conn.sock)  # kept: http.client lets go of it once the body is streaming
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", path, headers={"Host": parts.netloc, "User-Agent": "glmflash"})
             response = conn.getresponse()
@@ -47,8 +59,11 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allowed_networks: tup
                 raise ImageError(f"The image at the URL is over the {max_bytes:,}-byte limit.")
             return _read_limited(response, max_bytes, deadline)
         except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() >= deadline:
+                raise ImageError("Fetching the image URL took too long.") from None
             raise ImageError(f"Could not fetch the image URL: {exc}") from None
         finally:
+            watchdog.cancel()
             conn.close()
     raise ImageError(f"The image URL redirected more than {MAX_REDIRECTS} times.")
 
@@ -57,21 +72,40 @@ def resolve_public(host: str, port: int, trusted=()) -> str:
     """Resolve `host` and return one address, refusing any non-public one that is not trusted."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
-        raise ImageError(f"Cannot resolve the image URL's host {host!r}.") from None
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise ImageError(f"Cannot resolve the image URL's host {host[:80]!r}.") from None
     addresses = [info[4][0] for info in infos]
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if getattr(ip, "ipv4_mapped", None):
-            ip = ip.ipv4_mapped
+        ip = _effective(ipaddress.ip_address(address.split("%")[0]))
         if any(ip in net for net in trusted):
             continue
-        if not ip.is_global or ip.is_multicast:
+        if not ip.is_global or ip.is_multicast or any(ip in net for net in _TUNNELS):
             raise ImageError(
                 f"Refusing to fetch an image from {host!r}: it resolves to a private, loopback, "
                 "link-local or reserved address."
             )
     return addresses[0]
+
+
+_TUNNELS = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96")]
+
+
+def _effective(ip):
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64), else the address."""
+    if ip.version == 6:
+        if ip.ipv4_mapped:
+            return ip.ipv4_mapped
+        if ip.sixtofour:
+            return ip.sixtofour
+        if ip in _TUNNELS[0] or ip in _TUNNELS[3]:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def _abort(sockets: list) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _connection(scheme: str, host: str, address: str, port: int, timeout: float):

@@ -167,11 +167,7 @@ def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
         raise ImageError(
             f"The image is {width}x{height}, over the {policy.max_decoded_pixels:,}-pixel limit."
         )
-    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise ImageError(
-            f"The image is {width}x{height}: its aspect ratio is over {MAX_ASPECT_RATIO}:1, "
-            "which the model cannot read. Crop it first."
-        )
+    _check_aspect(width, height)
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -180,7 +176,17 @@ def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
         image = background
     elif image.mode != "RGB":
         image = image.convert("RGB")
-    return downscale(image, policy.max_image_pixels)
+    image = downscale(image, policy.max_image_pixels)
+    _check_aspect(*image.size)  # rounding while shrinking can push a thin image over the line
+    return image
+
+
+def _check_aspect(width: int, height: int) -> None:
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageError(
+            f"The image is {width}x{height}: its aspect ratio is over {MAX_ASPECT_RATIO}:1, "
+            "which the model cannot read. Crop it first."
+        )
 
 
 def downscale(image: Image.Image, max_pixels: int) -> Image.Image:

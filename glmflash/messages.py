@@ -44,7 +44,11 @@ def to_conversation(
         for j, part in enumerate(_parts(message.get("content"), where)):
             here = f"{where}.content[{j}]"
             if part[0] == "text":
-                parts.append({"type": "text", "text": neutralize(part[1], tokens)})
+                _check_text(part[1], here)
+                if parts and parts[-1]["type"] == "text":  # the template joins them with nothing
+                    parts[-1]["text"] += part[1]
+                else:
+                    parts.append({"type": "text", "text": part[1]})
                 continue
             if role != "user":
                 raise InvalidRequestError(f"Images are only accepted in user messages ({here}).", param=here)
@@ -57,6 +61,9 @@ def to_conversation(
             except ImageError as exc:
                 raise ImageError(f"{here}: {exc.message}", param=here, code=exc.code) from None
             parts.append({"type": "image"})
+        for part in parts:  # after merging: a token split over two parts is caught too
+            if part["type"] == "text":
+                part["text"] = neutralize(part["text"], tokens)
         conversation.append({"role": role, "content": parts})
     if not any(m["role"] == "user" for m in conversation):
         raise InvalidRequestError("messages need at least one user message.", param="messages")
@@ -102,6 +109,13 @@ def _parts(content, where: str) -> list[tuple[str, object]]:
                 f"{here} has unsupported type {kind!r}: use text, image_url or image.", param=f"{here}.type"
             )
     return out
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{where} is not valid Unicode text.", param=where) from None
 
 
 def neutralize(text: str, control_tokens: Sequence[str]) -> str:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from .errors import InvalidRequestError
 
+GREEDY_BELOW = 1e-5
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -48,7 +50,7 @@ class GenerationOptions:
             temperature=_number("temperature", temperature, 0.0, 2.0),
             top_p=_number("top_p", top_p, 0.0, 1.0, low_open=True),
             top_k=None if top_k is None else _integer("top_k", top_k, 0, 1_000_000),
-            repetition_penalty=_number("repetition_penalty", repetition_penalty, 0.0, 10.0, low_open=True),
+            repetition_penalty=_number("repetition_penalty", repetition_penalty, 0.1, 10.0),
             seed=None if seed is None else _integer("seed", seed, 0, 2**63 - 1),
             thinking=_boolean("thinking", thinking),
         )
@@ -57,7 +59,8 @@ class GenerationOptions:
         """A copy of the checkpoint's GenerationConfig with these options applied."""
         config = copy.deepcopy(base)
         temperature = self.temperature if self.temperature is not None else config.temperature
-        sample = bool(config.do_sample) if self.temperature is None else self.temperature > 0
+        # Below ~1e-5 sampling divides logits into inf: that is greedy decoding in all but name.
+        sample = bool(config.do_sample) if self.temperature is None else self.temperature >= GREEDY_BELOW
         config.do_sample = sample
         config.max_new_tokens = self.max_new_tokens
         config.min_new_tokens = self.min_new_tokens

@@ -6,6 +6,7 @@ import http.server
 import io
 import struct
 import threading
+import time
 import zlib
 
 import pytest
@@ -109,10 +110,24 @@ def test_url_refused_by_default():
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/x.png",
         "http://0.0.0.0/x.png",
+        "http://[64:ff9b::a9fe:a9fe]/nat64-to-link-local",
+        "http://[2002:7f00:1::1]/6to4-to-loopback",
+        "http://[::127.0.0.1]/ipv4-compatible",
+        "http://[::ffff:10.0.0.1]/ipv4-mapped",
     ],
 )
 def test_private_address_refused_when_urls_enabled(url):
     expect(url, "private, loopback", ImagePolicy(allow_urls=True))
+
+
+@pytest.mark.parametrize("url", ["http://example.com:99999/x", "http://example.com:abc/x", "http://[::1/x"])
+def test_malformed_urls_are_image_errors(url):
+    expect(url, "Malformed image URL", ImagePolicy(allow_urls=True))
+
+
+def test_thin_image_stays_readable_after_downscaling():
+    # 20000x100 is exactly 200:1; shrinking it rounds to over 200:1, which must be caught here
+    expect(Image.new("RGB", (20000, 100)), "aspect ratio", ImagePolicy(max_image_pixels=1_000_000))
 
 
 def test_non_http_scheme_refused():
@@ -133,6 +148,14 @@ def image_server():
                 self.send_response(302)
                 self.send_header("Location", "http://10.0.0.7/x.png")
                 self.end_headers()
+                return
+            if self.path == "/trickle":
+                self.send_response(200)
+                self.end_headers()
+                for _ in range(40):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                    time.sleep(0.2)
                 return
             if self.path == "/big":
                 self.send_response(200)
@@ -168,6 +191,13 @@ def test_redirect_to_a_private_address_is_refused(image_server):
 def test_url_body_over_the_size_limit(image_server):
     policy = ImagePolicy(allow_urls=True, allowed_networks=("127.0.0.1/32",), max_bytes=10_000)
     expect(f"{image_server}/big", "over the 10,000-byte limit", policy)
+
+
+def test_a_trickling_server_cannot_outlast_the_total_timeout(image_server):
+    policy = ImagePolicy(allow_urls=True, allowed_networks=("127.0.0.1/32",), url_timeout=1.0)
+    started = time.monotonic()
+    expect(f"{image_server}/trickle", "took too long", policy)
+    assert time.monotonic() - started < 2.5
 
 
 def test_exif_orientation_is_applied():

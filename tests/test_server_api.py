@@ -171,3 +171,14 @@ def test_stream_events_are_sse(server):
     assert lines[-1] == "data: [DONE]"
     payloads = [json.loads(line[6:]) for line in lines[:-1]]
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
+
+
+def test_draining_server_is_not_ready_and_refuses_new_work(engine):
+    with running_server(engine) as (url, app):
+        app.state.glmflash.draining = True
+        assert requests.get(f"{url}/ready", timeout=10).status_code == 503
+        response = requests.post(
+            f"{url}/v1/chat/completions", json={"messages": image_message(), "max_tokens": 2}, timeout=10
+        )
+        assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200

@@ -99,3 +99,16 @@ def test_audit_log_with_prompts_when_enabled(engine, tmp_path):
         )
     record = json.loads(log.read_text().splitlines()[0])
     assert record["prompt"] == "the question" and "base64" not in log.read_text()
+
+
+def test_key_files_fail_closed(engine, tmp_path):
+    from glmflash.config import Settings
+    from glmflash.errors import InvalidRequestError
+    from glmflash.server import create_app
+
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# nothing here yet\n")
+    with pytest.raises(InvalidRequestError, match="holds no key"):
+        create_app(engine, Settings(api_keys=str(empty)))
+    with pytest.raises(InvalidRequestError, match="does not exist"):
+        create_app(engine, Settings(api_keys="/etc/glmflash/missing-keys.txt"))

@@ -89,6 +89,8 @@ def raw_post(url, headers, body: bytes):
             "messages[0].content[0].type",
         ),
         ({**GOOD, "chat_template_kwargs": {"tools": []}}, 400, "unsupported", "chat_template_kwargs.tools"),
+        ({**GOOD, "repetition_penalty": 1e-320}, 400, None, "repetition_penalty"),
+        ({"messages": [{"role": "user", "content": "lone \ud800"}]}, 400, None, "messages[0].content[0]"),
     ],
 )
 def test_malformed_requests_are_400_and_the_server_goes_on(limited, body, status, code, param):
@@ -258,3 +260,25 @@ def test_concurrent_requests_all_succeed(engine):
         for t in threads:
             t.join(60)
         assert results == [200] * 6
+
+
+def test_tiny_temperature_is_greedy_not_an_error(limited):
+    url, _ = limited
+    assert post(url, {**GOOD, "temperature": 1e-300}).status_code == 200
+
+
+def test_requests_given_up_by_their_clients_keep_their_slot_until_the_work_stops(engine):
+    with running_server(engine, max_queue=1) as (url, app):
+        state = app.state.glmflash
+        body = {**GOOD, "max_tokens": 5000, "min_tokens": 5000, "stream": True}
+        holder = requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60)
+        lines = holder.iter_lines()
+        next(lines)
+        with pytest.raises(requests.exceptions.ReadTimeout):  # admitted, waits for the engine, gives up
+            requests.post(f"{url}/v1/chat/completions", json=GOOD, timeout=(5, 0.3))
+        time.sleep(0.5)
+        assert state.active == 2  # its worker still waits for the engine: the slot stays taken
+        assert_error(post(url, GOOD), 503, "queue_full")
+        holder.close()
+        wait_until(lambda: state.active == 0, 3)  # the abandoned request never runs its prefill
+        assert_serving(url)

@@ -17,7 +17,7 @@ from ..errors import GlmflashError
 from ..images import ImagePolicy
 from . import protocol
 from .bridge import DONE, WAITING, EngineCall
-from .errors import ApiError, error_response
+from .errors import ApiError, error_body, error_response
 from .observability import AuditLog, Metrics
 from .security import Authenticator, ClientAllowList, GuardMiddleware
 
@@ -99,7 +99,10 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         state.admit()
         messages = body.message_dicts()
         record = _audit_record(request, identity, messages, body.stream)
-        call = EngineCall(engine, messages, options, state.image_policy, stream=bool(body.stream))
+        call = EngineCall(
+            engine, messages, options, state.image_policy,
+            stream=bool(body.stream), timeout=settings.request_timeout, on_done=state.release,
+        )  # fmt: skip
         handed_over = False
         try:
             first = await _next(call, request, settings)
@@ -121,7 +124,6 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         finally:
             if not handed_over:
                 call.cancel()
-                state.release()
 
     app.add_middleware(
         GuardMiddleware,
@@ -182,22 +184,12 @@ async def _sse(call, first, body, state: ServerState, record):
     except (ApiError, GlmflashError) as exc:
         status = exc.status
         error = ApiError.from_library(exc) if isinstance(exc, GlmflashError) else exc
-        yield _event(
-            {
-                "error": {
-                    "message": error.message,
-                    "type": "server_error",
-                    "param": error.param,
-                    "code": error.code,
-                }
-            }
-        )
+        yield _event(error_body(error.status, error.message, error.code, error.param))
     except BaseException:  # the client went away (cancelled) or something broke: stop the model
         status = 499
         raise
     finally:
         call.cancel()
-        state.release()
         _finish(state, record, call, usage, timings, status)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -15,13 +16,22 @@ class EngineCall:
     arrive on an asyncio queue.
 
     Image decoding and validation happen on that thread too, so a big upload never blocks the
-    event loop. `cancel()` sets the stop event: the model stops within a token or two.
+    event loop. `cancel()` sets the stop event: the model stops within a token or two. The
+    request keeps its admission slot until this thread has finished (`on_done`), so requests
+    given up by their clients cannot pile up unaccounted work.
     """
 
-    def __init__(self, engine, messages, options: dict, image_policy, *, stream: bool):
+    def __init__(
+        self, engine, messages, options: dict, image_policy, *, stream: bool, timeout: float, on_done
+    ):
         self.engine, self.messages, self.options, self.image_policy = engine, messages, options, image_policy
         self.stream = stream
         self.stop = threading.Event()
+        self._on_done = on_done  # runs on the event loop once the worker has really finished
+        # The deadline holds even if nobody reads the result any more.
+        self._deadline = threading.Timer(timeout, self.stop.set)
+        self._deadline.daemon = True
+        self._deadline.start()
         self.started = time.perf_counter()
         self.checked = self.started  # when the client's connection was last checked
         self._loop = asyncio.get_running_loop()
@@ -40,7 +50,10 @@ class EngineCall:
         except BaseException as exc:  # delivered to the request, which answers with it
             self._deliver(exc)
         finally:
+            self._deadline.cancel()
             self._deliver(DONE)
+            with contextlib.suppress(RuntimeError):  # the event loop is gone: nothing to account for
+                self._loop.call_soon_threadsafe(self._on_done)
 
     def _deliver(self, item) -> None:
         try:

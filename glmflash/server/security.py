@@ -11,6 +11,7 @@ import os
 
 import jwt
 
+from ..errors import InvalidRequestError
 from .errors import error_body
 
 
@@ -44,14 +45,29 @@ class Authenticator:
         return None
 
 
+_VAR = "GLMFLASH_API_KEYS"
+
+
 def _read_keys(value: str) -> list[str]:
+    """Keys from a comma list or a file. A file that is missing or holds no key is an error, never
+    an open door."""
     value = value.strip()
     if not value:
         return []
     if os.path.isfile(value):
         with open(value) as f:
             lines = [line.strip() for line in f]
-        return [line for line in lines if line and not line.startswith("#")]
+        keys = [line for line in lines if line and not line.startswith("#")]
+        if not keys:
+            raise InvalidRequestError(
+                f"GLMFLASH_API_KEYS file {value} holds no key.", param="GLMFLASH_API_KEYS"
+            )
+        return keys
+    if value.startswith(("/", "./", "../", "~")):
+        raise InvalidRequestError(
+            f"GLMFLASH_API_KEYS looks like a file path, but {value} does not exist.",
+            param="GLMFLASH_API_KEYS",
+        )
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
