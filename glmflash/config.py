@@ -39,6 +39,7 @@ class Settings:
     max_context_tokens: int = 0  # prompt + answer ceiling; 0 = the model's own context length
     cache_dir: str = field(default_factory=_default_cache_dir)  # where the tiny model is built
     debug: bool = False  # show tracebacks in the CLI
+    lang: str = "en"  # the web page's language: en or zh
     # -- the HTTP server --------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8080

@@ -25,8 +25,18 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def build_app(engine, settings, *, with_ui: bool = True):
+    """The API, and (unless `with_ui` is False) the web page at / on the same app."""
+    app = create_app(engine, settings)
+    if with_ui:
+        from ..ui import mount_ui
+
+        app = mount_ui(app, engine, settings)
+    return app
+
+
 def serve(engine, settings, *, app=None) -> None:
-    app = app or create_app(engine, settings)
+    app = app or build_app(engine, settings)
     state = app.state.glmflash
     if not _is_loopback(settings.host) and not state.auth.enabled:
         log.warning(

@@ -1,0 +1,256 @@
+"""build_demo(engine, settings): the Gradio page for image Q&A, streamed, with a real Stop."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import GlmflashError, ImageError
+from ..images import ImagePolicy
+from .examples import EXAMPLES, FOLDER
+from .labels import labels
+
+UPDATE_EVERY_S = 0.05  # at most 20 page updates a second, however fast the model is
+
+
+def build_demo(engine, settings) -> gr.Blocks:
+    t = labels(settings.lang)
+    policy = ImagePolicy.from_settings(settings, allow_local_files=False)
+    stops: dict[str, threading.Event] = {}  # one stop switch per browser session
+    info = engine.info
+    limit = settings.max_new_tokens_limit
+
+    def respond(
+        message, chat, history, thinking, system, temperature, top_p, max_tokens, request: gr.Request
+    ):
+        text = (message or {}).get("text", "").strip()
+        files = list((message or {}).get("files") or [])
+        if not text and not files:
+            yield chat, history, gr.skip(), gr.skip(), message
+            return
+        try:
+            images = [_read_upload(f, policy) for f in files]
+        except ImageError as exc:
+            gr.Warning(exc.message)  # the input was not cleared: it stays for another try
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        turn = {
+            "role": "user",
+            "content": [*({"type": "image", "image": b} for b in images), {"type": "text", "text": text}],
+        }
+        messages = (
+            ([{"role": "system", "content": system}] if system and system.strip() else []) + history + [turn]
+        )
+        stop = stops[request.session_hash] = threading.Event()
+        shown = chat + [{"role": "user", "content": {"path": _path(f)}} for f in files]
+        shown = [*shown, {"role": "user", "content": text or " "}]
+        answer, reasoning, final = "", "", None
+        _reset_gpu_peak(info)
+        try:
+            stream = engine.stream(
+                messages, stop_event=stop, image_policy=policy, thinking=bool(thinking),
+                temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_tokens),
+            )  # fmt: skip
+            last = 0.0
+            for chunk in stream:
+                if chunk.is_final:
+                    final = chunk
+                    break
+                if chunk.reasoning:
+                    reasoning += chunk.text
+                else:
+                    answer += chunk.text
+                if time.monotonic() - last >= UPDATE_EVERY_S:
+                    last = time.monotonic()
+                    yield (
+                        _chat(shown, reasoning, answer, t, pending=True),
+                        history,
+                        gr.skip(),
+                        gr.skip(),
+                        None,
+                    )
+        except GlmflashError as exc:
+            gr.Warning(exc.message)
+            yield chat, history, gr.skip(), gr.skip(), message
+            return
+        finally:
+            stops.pop(request.session_hash, None)
+        history = [*history, turn, {"role": "assistant", "content": answer}]
+        figures = _figures(final, t, info)
+        api = _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings)
+        yield _chat(shown, reasoning, answer, t, pending=False), history, figures, api, None
+
+    def stop_generation(request: gr.Request):
+        event = stops.get(request.session_hash)
+        if event is not None:
+            event.set()
+
+    def ask(image_path, question):
+        """The page's named API (for gradio_client): one image, one question, the answer."""
+        content = [{"type": "text", "text": question or ""}]
+        if image_path:
+            content.insert(0, {"type": "image", "image": _read_upload(image_path, policy)})
+        try:
+            return engine.chat(
+                [{"role": "user", "content": content}], image_policy=policy, max_new_tokens=256
+            ).text
+        except GlmflashError as exc:
+            raise gr.Error(exc.message) from None
+
+    with gr.Blocks(title=t["title"], analytics_enabled=False) as demo:
+        header = t["running"].format(model=info.model_id, precision=info.precision, device=info.device)
+        gr.Markdown(f"## {t['title']}\n{header}", elem_id="header")
+        if info.demo_model:
+            gr.Markdown(t["demo_banner"], elem_id="demo-banner")
+        chatbot = gr.Chatbot(height=480, buttons=["copy", "copy_all"], elem_id="chat", show_label=False)
+        box = gr.MultimodalTextbox(
+            placeholder=t["placeholder"], file_count="multiple", sources=["upload"],
+            submit_btn=True, stop_btn=True, elem_id="ask", show_label=False,
+        )  # fmt: skip
+        with gr.Row():
+            thinking = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
+            retry = gr.Button(t["retry"], size="sm", elem_id="retry")
+            new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
+        figures = gr.Markdown(elem_id="figures")
+        with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
+            system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
+            temperature = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
+            top_p = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
+            max_tokens = gr.Slider(16, limit, value=min(settings.max_new_tokens, limit), step=16,
+                                   label=t["max_tokens"], elem_id="max-tokens")  # fmt: skip
+        with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
+            api = gr.Markdown(t["api_empty"], elem_id="api-call")
+        column = 2 if settings.lang == "zh" else 1
+        gr.Examples(
+            [[{"text": row[column], "files": [str(FOLDER / row[0])]}] for row in EXAMPLES],
+            inputs=[box], label=t["examples"], elem_id="examples",
+        )  # fmt: skip
+        history = gr.State([])
+        last_input = gr.State(None)
+        with gr.Row(visible=False):
+            api_image = gr.Image(type="filepath")
+            api_question = gr.Textbox()
+            api_answer = gr.Textbox()
+            api_button = gr.Button()
+
+        inputs = [box, chatbot, history, thinking, system, temperature, top_p, max_tokens]
+        outputs = [chatbot, history, figures, api, box]
+        # Waiting turns queue at the engine (one generation at a time); Stop skips every queue.
+        slots = settings.max_queue + 1
+        submitted = box.submit(lambda m: m, [box], [last_input], queue=False).then(
+            respond, inputs, outputs, concurrency_limit=slots
+        )
+        retried = retry.click(_drop_last_turn, [chatbot, history, last_input], [chatbot, history, box]).then(
+            respond, inputs, outputs, concurrency_limit=slots
+        )
+        box.stop(stop_generation, None, None, cancels=[submitted, retried], queue=False)
+        new_chat.click(
+            lambda: ([], [], "", t["api_empty"], None), None, [chatbot, history, figures, api, box]
+        )
+        api_button.click(ask, [api_image, api_question], [api_answer], api_name="ask")
+    return demo
+
+
+def _read_upload(file, policy: ImagePolicy) -> bytes:
+    path = Path(_path(file))
+    size = path.stat().st_size
+    if size > policy.max_bytes:
+        raise ImageError(
+            f"{path.name} is {size / 1e6:.1f} MB, over the {policy.max_bytes / 1e6:.1f} MB limit."
+        )
+    data = path.read_bytes()
+    from ..images import decode_bytes
+
+    decode_bytes(data, policy)  # refuse non-images here, with the file's name in the notice
+    return data
+
+
+def _path(file) -> str:
+    return file.get("path") if isinstance(file, dict) else str(file)
+
+
+def _chat(shown, reasoning, answer, t, *, pending: bool):
+    out = list(shown)
+    if reasoning:
+        status = "pending" if pending and not answer else "done"
+        out.append(
+            {"role": "assistant", "content": reasoning, "metadata": {"title": t["thought"], "status": status}}
+        )
+    out.append({"role": "assistant", "content": answer or ("…" if pending else "")})
+    return out
+
+
+def _drop_last_turn(chat, history, last_input):
+    while chat and chat[-1]["role"] == "assistant":
+        chat = chat[:-1]
+    while chat and chat[-1]["role"] == "user":
+        chat = chat[:-1]
+    return chat, history[:-2], last_input
+
+
+def _figures(final, t, info) -> str:
+    if final is None:
+        return ""
+    u, s = final.usage, final.timings
+    finish = t["stopped"] if final.finish_reason == "cancelled" else final.finish_reason
+    text = t["figures"].format(
+        ttft=s.ttft_s,
+        tps=s.tokens_per_s,
+        prompt=u.prompt_tokens,
+        images=u.image_tokens,
+        answer=u.completion_tokens,
+        reasoning=u.reasoning_tokens,
+        finish=finish,
+    )
+    if info.device.startswith("cuda"):
+        import torch
+
+        text += t["gpu"].format(gib=torch.cuda.max_memory_allocated() / 1024**3)
+    return text
+
+
+def _reset_gpu_peak(info) -> None:
+    if info.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings) -> str:
+    """The curl and openai-client request that reproduces this turn against /v1/chat/completions."""
+    names = [Path(_path(f)).name for f in files]
+    content = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,<base64 of {n}>"}} for n in names
+    ]
+    content.append({"type": "text", "text": text})
+    messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
+        {"role": "user", "content": content}
+    ]
+    request = {"model": settings.served_model_name, "messages": messages, "max_tokens": int(max_tokens),
+               "temperature": float(temperature), "top_p": float(top_p)}  # fmt: skip
+    if not thinking:
+        request["chat_template_kwargs"] = {"enable_thinking": False}
+    url = f"http://{settings.host}:{settings.port}/v1"
+    body = json.dumps(request, ensure_ascii=False, indent=2)
+    fill = "".join(f"#   {n}: base64 -w0 {n}\n" for n in names)
+    curl = (
+        f"{fill}curl {url}/chat/completions -H 'Content-Type: application/json' -d @- <<'JSON'\n{body}\nJSON"
+    )
+    python = (
+        "import base64, json\nfrom openai import OpenAI\n\n"
+        f'client = OpenAI(base_url="{url}", api_key="YOUR_KEY")\n'
+        f'request = json.loads(r"""{json.dumps(request, ensure_ascii=False)}""")\n'
+        'for part in request["messages"][-1]["content"]:  # put the images in\n'
+        '    if part["type"] == "image_url":\n'
+        '        name = part["image_url"]["url"].split("<base64 of ")[1].rstrip(">")\n'
+        '        data = base64.b64encode(open(name, "rb").read()).decode()\n'
+        '        part["image_url"]["url"] = "data:image/png;base64," + data\n'
+        'extra = {k: request.pop(k) for k in ["chat_template_kwargs"] if k in request}\n'
+        "reply = client.chat.completions.create(**request, extra_body=extra)\n"
+        "print(reply.choices[0].message.content)"
+    )
+    return f"```bash\n{curl}\n```\n\n```python\n{python}\n```"

@@ -1,0 +1,64 @@
+"""The page's words in English and Chinese (GLMFLASH_LANG=en|zh)."""
+
+LABELS = {
+    "en": {
+        "title": "GLM-4.6V-Flash image Q&A",
+        "running": "Running **{model}** in {precision} on {device}",
+        "demo_banner": (
+            "⚠️ **Demo model loaded**: the tiny test model has random weights, so its answers are "
+            "meaningless. Load the real model with `GLMFLASH_MODEL=/path/to/GLM-4.6V-Flash ./start.sh` "
+            "(download: `hf download zai-org/GLM-4.6V-Flash`)."
+        ),
+        "placeholder": "Attach, paste or drop one or more images, then ask your question",
+        "thinking": "Think before answering",
+        "new_chat": "New chat",
+        "retry": "Retry",
+        "advanced": "Advanced",
+        "system": "System prompt",
+        "temperature": "Temperature",
+        "top_p": "Top p",
+        "max_tokens": "Max tokens",
+        "api": "Show API call",
+        "api_empty": "Ask something first: the request that reproduces your last turn appears here.",
+        "thought": "Thinking",
+        "figures": (
+            "First token **{ttft:.2f} s** · **{tps:.1f}** tokens/s · prompt {prompt} tokens "
+            "(images {images}) · answer {answer} tokens (reasoning {reasoning}) · {finish}"
+        ),
+        "gpu": " · peak GPU memory {gib:.1f} GiB",
+        "examples": "Examples (click one)",
+        "stopped": "stopped",
+    },
+    "zh": {
+        "title": "GLM-4.6V-Flash 图像问答",
+        "running": "正在运行 **{model}**（{precision}，{device}）",
+        "demo_banner": (
+            "⚠️ **已加载演示模型**：这个测试模型的权重是随机的，回答没有意义。"
+            "请用 `GLMFLASH_MODEL=/path/to/GLM-4.6V-Flash ./start.sh` 加载真实模型"
+            "（下载：`hf download zai-org/GLM-4.6V-Flash`）。"
+        ),
+        "placeholder": "上传、粘贴或拖入一张或多张图片，然后输入问题",
+        "thinking": "先思考再回答",
+        "new_chat": "新对话",
+        "retry": "重试",
+        "advanced": "高级设置",
+        "system": "系统提示词",
+        "temperature": "温度",
+        "top_p": "Top p",
+        "max_tokens": "最大生成长度",
+        "api": "查看 API 调用",
+        "api_empty": "先提一个问题：这里会显示能复现上一轮对话的请求。",
+        "thought": "思考过程",
+        "figures": (
+            "首字延迟 **{ttft:.2f} 秒** · **{tps:.1f}** tokens/秒 · 输入 {prompt} tokens（图片 {images}）· "
+            "输出 {answer} tokens（思考 {reasoning}）· {finish}"
+        ),
+        "gpu": " · GPU 显存峰值 {gib:.1f} GiB",
+        "examples": "示例（点击试用）",
+        "stopped": "已停止",
+    },
+}
+
+
+def labels(lang: str) -> dict:
+    return LABELS.get(lang, LABELS["en"])

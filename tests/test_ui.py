@@ -1,0 +1,145 @@
+"""The web page in real headless Chromium (Debian's chromium via Playwright) against a real server."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.server_helpers import free_port, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def site(engine):
+    import threading
+    import time
+
+    import uvicorn
+
+    from glmflash.config import Settings
+    from glmflash.server.run import build_app
+
+    settings = Settings(max_new_tokens=64)
+    app = build_app(engine, settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{config.port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, site):
+    page = browser.new_page(viewport={"width": 1200, "height": 1300})
+    page.goto(site)
+    page.wait_for_selector("#ask textarea", timeout=60_000)  # a Gradio page never reaches networkidle
+    yield page
+    page.close()
+
+
+def ask(page, question, files=()):
+    if files:
+        page.locator("#ask input[type=file]").set_input_files(list(files))
+        page.wait_for_timeout(300)
+    page.locator("#ask textarea").fill(question)
+    page.locator("#ask textarea").press("Enter")
+
+
+def wait_for_figures(page, timeout=60_000):
+    page.wait_for_function(
+        "() => (document.querySelector('#figures')?.innerText || '').includes('tokens/s')", timeout=timeout
+    )
+    return page.locator("#figures").inner_text()
+
+
+def api_call_text(page) -> str:
+    page.locator("#api-accordion").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#api-call')?.textContent || '').includes('chat/completions')",
+        timeout=10_000,
+    )
+    return page.locator("#api-call").text_content()
+
+
+def test_upload_ask_and_watch_the_answer(page, tmp_path):
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (320, 200), (40, 120, 200)).save(image)
+    ask(page, "What colour is this?", [image])
+    figures = wait_for_figures(page)
+    assert "First token" in figures and "images" in figures
+    assert page.locator("#chat img").count() >= 1  # the uploaded image is shown in the chat
+    assert page.locator("#chat .bot, #chat [data-testid=bot]").count() >= 1
+    assert "demo" in page.locator("#demo-banner").inner_text().lower()
+    assert "/v1/chat/completions" in api_call_text(page)
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_thinking_switch_reaches_the_request(page):
+    page.locator("#thinking input").uncheck()
+    ask(page, "Answer right away.")
+    wait_for_figures(page)
+    assert '"enable_thinking": false' in api_call_text(page)
+
+
+def test_stop_frees_the_engine_within_a_second(page, engine):
+    page.locator("#advanced").click()  # closed accordions are not rendered until opened
+    page.locator("#max-tokens input[type=number]").fill("4096")
+    page.locator("#max-tokens input[type=number]").press("Enter")
+    ask(page, "Please write a very long answer.")
+    wait_until(lambda: engine._lock.locked(), 30)
+    page.wait_for_timeout(300)
+    page.locator("#ask button[aria-label=Stop]").click()
+    assert wait_until(lambda: not engine._lock.locked(), 1.0) < 1.0
+
+
+def test_non_image_upload_shows_a_notice_and_the_page_keeps_working(page, tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an image")
+    ask(page, "What is this?", [bogus])
+    page.wait_for_selector("text=/Unsupported or unreadable image/", timeout=30_000)
+    assert page.locator("#ask textarea").input_value() == "What is this?"  # nothing typed is lost
+    page.locator("#new-chat").click()
+    page.wait_for_function("() => document.querySelector('#ask textarea').value === ''", timeout=10_000)
+    ask(page, "Still working?")
+    wait_for_figures(page)
+
+
+def test_clicking_an_example_gets_an_answer(page):
+    page.locator("#examples button, #examples .gallery-item").first.click()
+    page.wait_for_timeout(300)
+    assert "invoice" in page.locator("#ask textarea").input_value().lower()
+    page.locator("#ask textarea").press("Enter")
+    assert "tokens/s" in wait_for_figures(page)
+
+
+def test_named_api_endpoint_with_gradio_client(site, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (100, 80), "red").save(image)
+    client = Client(site, verbose=False)
+    answer = client.predict(handle_file(str(image)), "What colour?", api_name="/ask")
+    assert isinstance(answer, str)
