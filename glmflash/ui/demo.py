@@ -124,10 +124,10 @@ def build_demo(engine, settings) -> gr.Blocks:
                                    label=t["max_tokens"], elem_id="max-tokens")  # fmt: skip
         with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
             api = gr.Markdown(t["api_empty"], elem_id="api-call")
-        column = 2 if settings.lang == "zh" else 1
+        order = (2, 1) if settings.lang == "zh" else (1, 2)  # both languages, the page's first
         gr.Examples(
-            [[{"text": row[column], "files": [str(FOLDER / row[0])]}] for row in EXAMPLES],
-            inputs=[box], label=t["examples"], elem_id="examples",
+            [[{"text": row[c], "files": [str(FOLDER / row[0])]}] for c in order for row in EXAMPLES],
+            inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=6,
         )  # fmt: skip
         history = gr.State([])
         last_input = gr.State(None)
@@ -152,6 +152,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             lambda: ([], [], "", t["api_empty"], None), None, [chatbot, history, figures, api, box]
         )
         api_button.click(ask, [api_image, api_question], [api_answer], api_name="ask")
+    demo.queue(max_size=settings.max_queue * 4)  # beyond this the page says the queue is full
     return demo
 
 
