@@ -1,4 +1,4 @@
-"""Command line: `python -m glmflash serve | chat | info | tiny-model`. Errors: one line, exit code 2."""
+"""Command line: `python -m glmflash serve | chat | info | cost | tiny-model`. Errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 
 from .config import Settings
 from .errors import GlmflashError, ImageError
@@ -35,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
 
+    cost = commands.add_parser("cost", help="cloud API per call vs self-hosting: a table (or --json)")
+    from .cost import CostInputs
+
+    for f in fields(CostInputs):
+        kind = str if f.name == "currency" else float
+        cost.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"(default {f.default})")
+    cost.add_argument("--bench", help="benchmark JSON: its measured images/s replaces the throughput")
+    cost.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
     tiny = commands.add_parser("tiny-model", help="write the tiny offline test model to PATH")
     tiny.add_argument("path")
     tiny.add_argument("--seed", type=int, default=0)
@@ -54,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None))
         debug = debug or settings.debug
+        if args.command == "cost":
+            return _cost(args)
         if args.command == "tiny-model":
             from .testing import build_tiny_model
 
@@ -80,6 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _cost(args) -> int:
+    from .cost import CostInputs, compare, table, throughput_from_bench
+
+    changes = {f.name: getattr(args, f.name) for f in fields(CostInputs) if getattr(args, f.name) is not None}
+    for name in ("gpus_per_server", "standby_servers"):
+        if name in changes:
+            changes[name] = int(changes[name])
+    if args.bench:
+        changes["images_per_second_per_gpu"] = throughput_from_bench(args.bench)
+    result = compare(**changes)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else table(result))
+    return 0
 
 
 def _load(args, settings):
