@@ -143,3 +143,21 @@ def test_named_api_endpoint_with_gradio_client(site, tmp_path):
     client = Client(site, verbose=False)
     answer = client.predict(handle_file(str(image)), "What colour?", api_name="/ask")
     assert isinstance(answer, str)
+
+
+def test_cost_tab_shows_the_table_and_the_plot(page, tmp_path):
+    page.get_by_role("tab", name="Cost").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#cost-table')?.innerText || '').includes('30,000.00 CNY')",
+        timeout=20_000,
+    )
+    assert "916.67 CNY" in page.locator("#cost-table").inner_text()
+    page.wait_for_selector("#cost-plot img, #cost-plot svg, #cost-plot canvas", timeout=20_000)
+    field = page.locator("#cost-requests_per_day input")
+    field.fill("50000")
+    field.press("Enter")
+    page.wait_for_function(
+        "() => (document.querySelector('#cost-table')?.innerText || '').includes('15,000.00 CNY')",
+        timeout=20_000,
+    )
+    page.screenshot(path=str(tmp_path / "cost.png"), full_page=True)

@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..errors import GlmflashError, ImageError
 from ..images import ImagePolicy
+from .cost_tab import build_cost_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
 
@@ -106,29 +107,32 @@ def build_demo(engine, settings) -> gr.Blocks:
         gr.Markdown(f"## {t['title']}\n{header}", elem_id="header")
         if info.demo_model:
             gr.Markdown(t["demo_banner"], elem_id="demo-banner")
-        chatbot = gr.Chatbot(height=480, buttons=["copy", "copy_all"], elem_id="chat", show_label=False)
-        box = gr.MultimodalTextbox(
-            placeholder=t["placeholder"], file_count="multiple", sources=["upload"],
-            submit_btn=True, stop_btn=True, elem_id="ask", show_label=False,
-        )  # fmt: skip
-        with gr.Row():
-            thinking = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
-            retry = gr.Button(t["retry"], size="sm", elem_id="retry")
-            new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
-        figures = gr.Markdown(elem_id="figures")
-        with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
-            system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
-            temperature = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
-            top_p = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
-            max_tokens = gr.Slider(16, limit, value=min(settings.max_new_tokens, limit), step=16,
-                                   label=t["max_tokens"], elem_id="max-tokens")  # fmt: skip
-        with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
-            api = gr.Markdown(t["api_empty"], elem_id="api-call")
-        order = (2, 1) if settings.lang == "zh" else (1, 2)  # both languages, the page's first
-        gr.Examples(
-            [[{"text": row[c], "files": [str(FOLDER / row[0])]}] for c in order for row in EXAMPLES],
-            inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=6,
-        )  # fmt: skip
+        with gr.Tab(t["chat_tab"], elem_id="chat-tab"):
+            chatbot = gr.Chatbot(height=480, buttons=["copy", "copy_all"], elem_id="chat", show_label=False)
+            box = gr.MultimodalTextbox(
+                placeholder=t["placeholder"], file_count="multiple", sources=["upload"],
+                submit_btn=True, stop_btn=True, elem_id="ask", show_label=False,
+            )  # fmt: skip
+            with gr.Row():
+                thinking = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
+                retry = gr.Button(t["retry"], size="sm", elem_id="retry")
+                new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
+            figures = gr.Markdown(elem_id="figures")
+            with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
+                system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
+                temperature = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
+                top_p = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
+                max_tokens = gr.Slider(16, limit, value=min(settings.max_new_tokens, limit), step=16,
+                                       label=t["max_tokens"], elem_id="max-tokens")  # fmt: skip
+            with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
+                api = gr.Markdown(t["api_empty"], elem_id="api-call")
+            order = (2, 1) if settings.lang == "zh" else (1, 2)  # both languages, the page's first
+            gr.Examples(
+                [[{"text": row[c], "files": [str(FOLDER / row[0])]}] for c in order for row in EXAMPLES],
+                inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=6,
+            )  # fmt: skip
+        with gr.Tab(t["cost_tab"], elem_id="cost-tab"):
+            cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.lang)
         history = gr.State([])
         last_input = gr.State(None)
         with gr.Row(visible=False):
@@ -152,6 +156,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             lambda: ([], [], "", t["api_empty"], None), None, [chatbot, history, figures, api, box]
         )
         api_button.click(ask, [api_image, api_question], [api_answer], api_name="ask")
+        demo.load(cost_update, cost_inputs, [cost_table, cost_plot], queue=False)
     demo.queue(max_size=settings.max_queue * 4)  # beyond this the page says the queue is full
     return demo
 

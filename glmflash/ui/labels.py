@@ -3,6 +3,8 @@
 LABELS = {
     "en": {
         "title": "GLM-4.6V-Flash image Q&A",
+        "chat_tab": "Chat",
+        "cost_tab": "Cost",
         "running": "Running **{model}** in {precision} on {device}",
         "demo_banner": (
             "⚠️ **Demo model loaded**: the tiny test model has random weights, so its answers are "
@@ -31,6 +33,8 @@ LABELS = {
     },
     "zh": {
         "title": "GLM-4.6V-Flash 图像问答",
+        "chat_tab": "对话",
+        "cost_tab": "成本",
         "running": "正在运行 **{model}**（{precision}，{device}）",
         "demo_banner": (
             "⚠️ **已加载演示模型**：这个测试模型的权重是随机的，回答没有意义。"
