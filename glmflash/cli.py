@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for f in fields(CostInputs):
         kind = str if f.name == "currency" else float
-        cost.add_argument(f"--{f.name.replace('_', '-')}", type=kind, help=f"(default {f.default})")
+        cost.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, help=f"{f.metadata['help']} ({f.default})"
+        )
     cost.add_argument("--bench", help="benchmark JSON: its measured images/s replaces the throughput")
     cost.add_argument("--json", action="store_true", help="print the whole result as JSON")
 

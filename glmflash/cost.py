@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import InvalidRequestError
 
@@ -22,26 +22,42 @@ DAYS_PER_YEAR = 365
 
 @dataclass(frozen=True)
 class CostInputs:
-    """Everything the comparison depends on. Field metadata: (help text)."""
+    """Everything the comparison depends on; each field's metadata["help"] explains it."""
 
-    requests_per_day: float = 100_000  # images sent per day
-    api_price_per_call: float = 0.01  # cloud price per image request
-    api_price_per_million_input_tokens: float = 0.0  # if set (with output), replaces the per-call price
-    api_price_per_million_output_tokens: float = 0.0
-    input_tokens_per_call: float = 1_400  # prompt + image tokens per request (per-token pricing)
-    output_tokens_per_call: float = 200  # answer tokens per request (per-token pricing)
-    peak_factor: float = 3.0  # busiest hour's rate / the day's average rate
-    images_per_second_per_gpu: float = 4.0  # measured throughput for this workload (see --bench)
-    gpus_per_server: int = 1
-    server_price: float = 15_000  # purchase price per server
-    standby_servers: int = 0  # spare machines bought on top of those needed
-    depreciation_months: float = 36
-    load_watts: float = 400  # per server while generating
-    idle_watts: float = 100  # per server while waiting (standby machines always)
-    load_hours_per_day: float = 12
-    electricity_price_per_kwh: float = 1.0
-    network_upkeep_per_month: float = 320  # network, rack, maintenance per month, all servers
-    currency: str = "CNY"
+    requests_per_day: float = field(default=100_000, metadata={"help": "images sent per day"})
+    api_price_per_call: float = field(default=0.01, metadata={"help": "cloud price per image request"})
+    api_price_per_million_input_tokens: float = field(
+        default=0.0,
+        metadata={"help": "cloud price per million prompt+image tokens; replaces the per-call price"},
+    )
+    api_price_per_million_output_tokens: float = field(
+        default=0.0,
+        metadata={"help": "cloud price per million answer tokens; replaces the per-call price"},
+    )
+    input_tokens_per_call: float = field(
+        default=1_400, metadata={"help": "prompt + image tokens per request (per-token pricing)"}
+    )
+    output_tokens_per_call: float = field(
+        default=200, metadata={"help": "answer tokens per request (per-token pricing)"}
+    )
+    peak_factor: float = field(default=3.0, metadata={"help": "busiest hour's rate / the day's average rate"})
+    images_per_second_per_gpu: float = field(
+        default=4.0, metadata={"help": "measured throughput for this workload (see --bench)"}
+    )
+    gpus_per_server: int = field(default=1, metadata={"help": "gpus_per_server"})
+    server_price: float = field(default=15_000, metadata={"help": "purchase price per server"})
+    standby_servers: int = field(default=0, metadata={"help": "spare machines bought on top of those needed"})
+    depreciation_months: float = field(default=36, metadata={"help": "depreciation_months"})
+    load_watts: float = field(default=400, metadata={"help": "per server while generating"})
+    idle_watts: float = field(
+        default=100, metadata={"help": "per server while waiting (standby machines always)"}
+    )
+    load_hours_per_day: float = field(default=12, metadata={"help": "load_hours_per_day"})
+    electricity_price_per_kwh: float = field(default=1.0, metadata={"help": "electricity_price_per_kwh"})
+    network_upkeep_per_month: float = field(
+        default=320, metadata={"help": "network, rack, maintenance per month, all servers"}
+    )
+    currency: str = field(default="CNY", metadata={"help": "the currency all prices are in"})
 
     def __post_init__(self):
         for f in fields(self):
