@@ -282,3 +282,14 @@ def test_requests_given_up_by_their_clients_keep_their_slot_until_the_work_stops
         holder.close()
         wait_until(lambda: state.active == 0, 3)  # the abandoned request never runs its prefill
         assert_serving(url)
+
+
+def test_deadline_in_the_middle_of_a_stream_is_an_error_event(engine):
+    with running_server(engine, request_timeout=0.5) as (url, _):
+        body = {**GOOD, "max_tokens": 5000, "min_tokens": 5000, "stream": True}
+        with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
+            lines = [line for line in response.iter_lines(decode_unicode=True) if line]
+        assert lines[-1] != "data: [DONE]"
+        assert json.loads(lines[-1][6:])["error"]["code"] == "request_timeout"
+        wait_until(lambda: not engine._lock.locked(), 2)
+        assert_serving(url)

@@ -115,6 +115,8 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
                     stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
                 )
             reply = first
+            if reply.finish_reason == "cancelled":  # only our deadline (or a gone client) cancels
+                raise _deadline_error(settings)
             _finish(state, record, call, reply.usage, reply.timings, 200)
             return protocol.completion(reply, request_id=protocol.new_id(), model=settings.served_model_name)
         except (ApiError, GlmflashError) as exc:
@@ -144,9 +146,7 @@ async def _next(call: EngineCall, request: Request | None, settings: Settings):
         now = time.perf_counter()
         if now >= deadline:
             call.cancel()
-            raise ApiError(
-                504, f"The request took longer than {settings.request_timeout:g} s.", code="request_timeout"
-            )
+            raise _deadline_error(settings)
         if request is not None and now - call.checked >= POLL_S:
             call.checked = now
             if await request.is_disconnected():
@@ -159,6 +159,12 @@ async def _next(call: EngineCall, request: Request | None, settings: Settings):
             return item
 
 
+def _deadline_error(settings: Settings) -> ApiError:
+    return ApiError(
+        504, f"The request took longer than {settings.request_timeout:g} s.", code="request_timeout"
+    )
+
+
 async def _sse(call, first, body, state: ServerState, record):
     """SSE events: a role delta, content/reasoning deltas, the finish, optional usage, [DONE]."""
     request_id, created, model = protocol.new_id(), int(time.time()), state.settings.served_model_name
@@ -168,6 +174,8 @@ async def _sse(call, first, body, state: ServerState, record):
         yield _event(protocol.chunk(request_id, model, created, {"role": "assistant", "content": ""}))
         item = first
         while True:
+            if item.is_final and item.finish_reason == "cancelled":
+                raise _deadline_error(state.settings)
             if item.is_final:
                 usage, timings = item.usage, item.timings
                 final = protocol.chunk(request_id, model, created, {}, protocol.finish(item.finish_reason))
