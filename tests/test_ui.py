@@ -161,3 +161,37 @@ def test_cost_tab_shows_the_table_and_the_plot(page, tmp_path):
         timeout=20_000,
     )
     page.screenshot(path=str(tmp_path / "cost.png"), full_page=True)
+
+
+def wait_for_new_figures(page, old: str, timeout=60_000) -> str:
+    page.wait_for_function(
+        """old => {
+            const t = document.querySelector('#figures')?.innerText || '';
+            return t !== old && t.includes('tokens/s');
+        }""",
+        arg=old,
+        timeout=timeout,
+    )
+    return page.locator("#figures").inner_text()
+
+
+def image_tokens_in(figures: str) -> int:
+    import re
+
+    return int(re.search(r"\((?:images|图片) (\d+)\)", figures).group(1))
+
+
+def test_follow_up_keeps_the_image_in_context_and_retry_answers_again(page, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (320, 200), (200, 120, 40)).save(image)
+    ask(page, "What is this?", [image])
+    first = wait_for_figures(page)
+    assert image_tokens_in(first) > 0
+    ask(page, "And what colour is it?")
+    second = wait_for_new_figures(page, first)
+    assert image_tokens_in(second) == image_tokens_in(first)  # the earlier image is still in the prompt
+    page.locator("#retry").click()
+    wait_for_new_figures(page, second)
+    assert image_tokens_in(page.locator("#figures").inner_text()) == image_tokens_in(first)
