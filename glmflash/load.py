@@ -163,7 +163,7 @@ def estimate_memory(config, precision: str) -> dict[str, int]:
 
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
-    quantizable = other = 0
+    quantizable = 0
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and not _skipped(name):
             quantizable += module.weight.numel()

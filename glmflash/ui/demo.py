@@ -33,29 +33,29 @@ def build_demo(engine, settings) -> gr.Blocks:
         if not text and not files:
             yield chat, history, gr.skip(), gr.skip(), message
             return
+        stop = threading.Event()
         try:
             images = [_read_upload(f, policy) for f in files]
-        except ImageError as exc:
-            gr.Warning(exc.message)  # the input was not cleared: it stays for another try
+            turn = {
+                "role": "user",
+                "content": [*({"type": "image", "image": b} for b in images), {"type": "text", "text": text}],
+            }
+            system_turn = [{"role": "system", "content": system}] if system and system.strip() else []
+            # The engine checks and decodes everything here, before any output.
+            stream = engine.stream(
+                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, thinking=bool(thinking),
+                temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_tokens),
+            )  # fmt: skip
+        except GlmflashError as exc:
+            gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        turn = {
-            "role": "user",
-            "content": [*({"type": "image", "image": b} for b in images), {"type": "text", "text": text}],
-        }
-        messages = (
-            ([{"role": "system", "content": system}] if system and system.strip() else []) + history + [turn]
-        )
-        stop = stops[request.session_hash] = threading.Event()
+        stops[request.session_hash] = stop
         shown = chat + [{"role": "user", "content": {"path": _path(f)}} for f in files]
         shown = [*shown, {"role": "user", "content": text or " "}]
         answer, reasoning, final = "", "", None
         _reset_gpu_peak(info)
         try:
-            stream = engine.stream(
-                messages, stop_event=stop, image_policy=policy, thinking=bool(thinking),
-                temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_tokens),
-            )  # fmt: skip
             last = 0.0
             for chunk in stream:
                 if chunk.is_final:
@@ -74,8 +74,8 @@ def build_demo(engine, settings) -> gr.Blocks:
                         gr.skip(),
                         None,
                     )
-        except GlmflashError as exc:
-            gr.Warning(exc.message)
+        except GlmflashError as exc:  # mid-answer: the input was cleared, so give it back
+            gr.Warning(_plain(exc.message))
             yield chat, history, gr.skip(), gr.skip(), message
             return
         finally:
@@ -93,9 +93,9 @@ def build_demo(engine, settings) -> gr.Blocks:
     def ask(image_path, question):
         """The page's named API (for gradio_client): one image, one question, the answer."""
         content = [{"type": "text", "text": question or ""}]
-        if image_path:
-            content.insert(0, {"type": "image", "image": _read_upload(image_path, policy)})
         try:
+            if image_path:
+                content.insert(0, {"type": "image", "image": _read_upload(image_path, policy)})
             return engine.chat(
                 [{"role": "user", "content": content}], image_policy=policy, max_new_tokens=256
             ).text
@@ -162,17 +162,19 @@ def build_demo(engine, settings) -> gr.Blocks:
 
 
 def _read_upload(file, policy: ImagePolicy) -> bytes:
+    """An uploaded file's bytes (refused by size before reading); the engine decodes and checks them."""
     path = Path(_path(file))
     size = path.stat().st_size
     if size > policy.max_bytes:
         raise ImageError(
             f"{path.name} is {size / 1e6:.1f} MB, over the {policy.max_bytes / 1e6:.1f} MB limit."
         )
-    data = path.read_bytes()
-    from ..images import decode_bytes
+    return path.read_bytes()
 
-    decode_bytes(data, policy)  # refuse non-images here, with the file's name in the notice
-    return data
+
+def _plain(message: str) -> str:
+    """Drop the "messages[0].content[1]: " prefix that means nothing to a person on the page."""
+    return message.split(": ", 1)[1] if message.startswith("messages[") and ": " in message else message
 
 
 def _path(file) -> str:
