@@ -1,4 +1,7 @@
-"""Command line: `python -m glmflash serve | chat | info | cost | tiny-model`. Errors: one line, exit 2."""
+"""Command line: `python -m glmflash serve | chat | info | check | cost | tiny-model`.
+
+Errors are one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
 
+    check = commands.add_parser("check", help="can this machine run it? GPU, memory, disk, ports")
+    _model_flags(check)
+    check.add_argument("--host", help="address the services will listen on (GLMFLASH_HOST)")
+    check.add_argument("--port", type=int, help="the app's port (GLMFLASH_PORT, default 8080)")
+    check.add_argument("--jupyter-port", type=int, default=8888, help="JupyterLab's port (8888)")
+    check.add_argument("--no-jupyter", action="store_true", help="JupyterLab will not be started")
+
     cost = commands.add_parser("cost", help="cloud API per call vs self-hosting: a table (or --json)")
     from .cost import CostInputs
 
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         debug = debug or settings.debug
         if args.command == "cost":
             return _cost(args)
+        if args.command == "check":
+            return _check(args, settings)
         if args.command == "tiny-model":
             from .testing import build_tiny_model
 
@@ -108,6 +120,18 @@ def _cost(args) -> int:
     result = compare(**changes)
     print(json.dumps(result.to_dict(), indent=2) if args.json else table(result))
     return 0
+
+
+def _check(args, settings) -> int:
+    from dataclasses import replace
+
+    from .check import format_report, run_checks
+
+    chosen = {k: getattr(args, k) for k in ("model", "precision", "device") if getattr(args, k)}
+    jupyter_port = None if args.no_jupyter else args.jupyter_port
+    findings = run_checks(replace(settings, **chosen), jupyter_port=jupyter_port)
+    print(format_report(findings))
+    return 1 if any(f.level == "fail" for f in findings) else 0
 
 
 def _load(args, settings):

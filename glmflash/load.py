@@ -176,6 +176,18 @@ def estimate_memory(config, precision: str) -> dict[str, int]:
     }
 
 
+def full_size_config():
+    """The real GLM-4.6V-Flash architecture (shipped with the package: no download needed)."""
+    import json
+    from importlib import resources
+
+    from transformers import Glm4vConfig
+
+    data = json.loads(resources.files("glmflash").joinpath("data/full_size_config.json").read_text())
+    data.pop("_comment", None)
+    return Glm4vConfig(**data)
+
+
 QUANT_SKIP = ("visual", "lm_head")  # the vision tower and head stay in 16-bit for quality
 
 

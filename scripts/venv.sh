@@ -17,6 +17,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing $req into .venv (first run: a few minutes)" >&2
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$req"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  # setuptools warns about every editable install: show its output only when it fails
+  if ! log="$(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e . 2>&1)"; then
+    echo "$log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
+  if [ "$(basename "$req")" = requirements-dev.txt ]; then # it includes requirements.txt
+    cat requirements.txt requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1 > .venv/.installed-requirements.txt
+  fi
 fi

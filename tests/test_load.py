@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 
 import pytest
 
@@ -16,7 +15,14 @@ from glmflash.errors import (
     ModelNotFoundError,
     PrecisionError,
 )
-from glmflash.load import GiB, check_gpu_memory, choose_placement, estimate_memory, quantization_config
+from glmflash.load import (
+    GiB,
+    check_gpu_memory,
+    choose_placement,
+    estimate_memory,
+    full_size_config,
+    quantization_config,
+)
 from tests.conftest import run_cli
 
 
@@ -42,14 +48,6 @@ def test_int8_on_cpu_is_allowed():
 def test_impossible_choices_are_clear_errors(precision, device, match):
     with pytest.raises(PrecisionError, match=match):
         choose_placement(precision, device)
-
-
-def full_size_config():
-    from transformers import Glm4vConfig
-
-    data = json.loads(resources.files("glmflash").joinpath("data/full_size_config.json").read_text())
-    data.pop("_comment")
-    return Glm4vConfig(**data)
 
 
 def test_memory_estimate_of_the_real_architecture():

@@ -70,6 +70,8 @@ def test_client_allow_list(engine):
     with running_server(engine, allowed_ips=("10.0.0.0/8",)) as (url, _):
         response = call(url)
         assert response.status_code == 403 and response.json()["error"]["code"] == "ip_not_allowed"
+        for probe in ("/health", "/ready"):  # a container's health check still passes
+            assert requests.get(url + probe, timeout=10).status_code == 200
     with running_server(engine, allowed_ips=("127.0.0.0/8", "::1/128")) as (url, _):
         assert call(url).status_code == 200
 

@@ -85,6 +85,9 @@ class ClientAllowList:
         return any(address in net for net in self.networks)
 
 
+PROBES = ("/health", "/ready")
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -103,7 +106,8 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         client = (scope.get("client") or (None, None))[0]
-        if not self.allow_list.allows(client):
+        # Health probes (a container's HEALTHCHECK, a balancer) reveal nothing and always pass.
+        if scope.get("path") not in PROBES and not self.allow_list.allows(client):
             return await _reply(
                 send, 403, "Your address is not allowed to use this server.", "ip_not_allowed"
             )
