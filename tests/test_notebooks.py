@@ -1,8 +1,14 @@
-"""Notebooks run top to bottom (nbclient, a real kernel) and are committed without outputs."""
+"""Notebooks run top to bottom (nbclient, a real kernel) and are committed without outputs.
+
+Every notebook under notebooks/ runs against the tiny model (GLMFLASH_MODEL=tiny in the kernel's
+environment); 02 talks to a real server on loopback. EXPECTED adds cheap checks per notebook;
+a notebook not listed there must still run without errors.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -10,22 +16,74 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
+from tests.server_helpers import running_server
 
 NOTEBOOKS = sorted(Path(ROOT, "notebooks").glob("*.ipynb"))
+API_KEY = "notebook-test-key"
+
+# name -> (needs the API server, renders a matplotlib figure, texts its outputs must contain)
+EXPECTED = {
+    "01_quickstart.ipynb": (
+        False,
+        True,
+        ["model:      glmflash/tiny", "tiny DEMO model", "--- answer ---", "finish_reason:", "int8:", "TTFT"],
+    ),
+    "02_api_client.ipynb": (
+        True,
+        False,
+        [
+            "is up",
+            "models: ['glm-4.6v-flash']",
+            "answer:",
+            "content-type: text/event-stream",
+            "broken image -> HTTP 400",
+            "max_tokens=10,000,000 -> HTTP 400",
+        ],
+    ),
+    "03_widgets_chat.ipynb": (False, False, ["answer:", "history: 4 messages", "finish_reason: cancelled"]),
+    "05_cost_analysis.ipynb": (False, True, ["moves the answer most:"]),
+}
+
+
+@pytest.fixture(scope="module")
+def api_url(engine):
+    """A real server (with an API key, so the notebook must send it) for the API notebook."""
+    with running_server(engine, api_keys=API_KEY) as (url, _app):
+        yield f"{url}/v1"
+
+
+@pytest.fixture
+def kernel_env(monkeypatch, cache_dir):
+    """The kernel inherits this process's environment: the tiny model, built once per run."""
+    for name in list(os.environ):
+        if name.startswith("GLMFLASH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend renders the plots
+    monkeypatch.setenv("GLMFLASH_MODEL", "tiny")
+    monkeypatch.setenv("GLMFLASH_CACHE_DIR", str(cache_dir))
+    return monkeypatch
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend renders the plots
+def test_notebook_runs_top_to_bottom(path, tmp_path, kernel_env, request):
+    needs_server, plots, texts = EXPECTED.get(path.name, (False, False, []))
+    if needs_server:
+        kernel_env.setenv("GLMFLASH_API_URL", request.getfixturevalue("api_url"))
+        kernel_env.setenv("GLMFLASH_API_KEY", API_KEY)
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}
     ).execute()
+    nbformat.write(notebook, tmp_path / path.name)  # kept for a look when something fails
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
     assert not errors
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plots rendered
-    nbformat.write(notebook, tmp_path / path.name)
+    if plots:
+        figures = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert any(o["data"].get("text/plain", "").startswith("<Figure") for o in figures)
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    missing = [text for text in texts if text not in printed]
+    assert not missing, f"not in the outputs: {missing}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
