@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -40,6 +41,7 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    parsed: Any = None  # last chunk, with a response_format: the validated JSON value
 
     @property
     def is_final(self) -> bool:
@@ -56,6 +58,7 @@ class Reply:
     usage: Usage
     timings: Timings
     boxed: str = ""
+    parsed: Any = None  # with a response_format: the answer as a validated JSON value
 
     @classmethod
     def collect(cls, chunks) -> Reply:
@@ -78,6 +81,7 @@ class Reply:
             final.usage,
             final.timings,
             "".join(boxed),
+            final.parsed,
         )
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m glmflash serve | chat | info | check | cost | tiny-model`.
+"""Command line: `python -m glmflash serve | chat | batch | info | check | cost | tiny-model`.
 
 Errors are one line on stderr and exit status 2.
 """
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(serve)
     serve.add_argument("--host", help="address to listen on (GLMFLASH_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (GLMFLASH_PORT, default 8080)")
+
+    from . import batch
+
+    batch.add_parser(commands, _model_flags)
 
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build_tiny_model(args.path, seed=args.seed))
             return 0
+        if args.command == "batch":
+            from . import batch
+
+            return batch.run(args, lambda: _load(args, settings))
         for path in getattr(args, "images", []):
             if not os.path.isfile(path):
                 raise ImageError(f"No such image file: {path}")

@@ -20,6 +20,7 @@ from .generate import Detokenizer, run_tokens, stream_tokens
 from .images import ImagePolicy, load_image
 from .messages import to_conversation
 from .options import GenerationOptions
+from .structured import Constraints, JsonLogitsProcessor, requested_schema, validate_answer
 from .thinking import THINK_OPEN, ThinkingSplitter
 
 log = logging.getLogger("glmflash")
@@ -36,6 +37,8 @@ class Engine:
         self.settings = settings
         self.image_policy = ImagePolicy.from_settings(settings)
         self._lock = threading.Lock()
+        self._json_lock = threading.Lock()
+        self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
         config = model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
@@ -137,15 +140,34 @@ class Engine:
     def _start(self, messages, stop_event, image_policy, gen, tokens_fn) -> Iterator[Chunk]:
         """Validate and render now, so bad input raises at the call; generate when iterated."""
         started = time.perf_counter()
+        schema = requested_schema(gen.pop("response_format", None))
         options = GenerationOptions.build(
             default_max_new_tokens=self.settings.max_new_tokens,
             max_new_tokens_limit=self.settings.max_new_tokens_limit,
             **gen,
         )
         prompt, images = self._render(messages, options.thinking, image_policy)
-        return self._run(prompt, images, options, stop_event or threading.Event(), started, tokens_fn)
+        template = None
+        if schema is not None:
+            opened = prompt.rstrip().endswith(THINK_OPEN)
+            thinking = "off" if not options.thinking else "opened" if opened else "model-opens"
+            template = self._constraints().compile(schema, thinking=thinking)
+        structured = (schema, template)
+        return self._run(
+            prompt, images, options, stop_event or threading.Event(), started, tokens_fn, structured
+        )
 
-    def _run(self, prompt, images, options, stop, started, tokens_fn) -> Iterator[Chunk]:
+    def _constraints(self) -> Constraints:
+        with self._json_lock:
+            if self._json is None:  # wrapping the tokenizer takes up to a second: only when first asked
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
+            return self._json
+
+    def _run(self, prompt, images, options, stop, started, tokens_fn, structured) -> Iterator[Chunk]:
+        schema, template = structured
+        processors = [JsonLogitsProcessor([template], self._json)] if template is not None else []
+        answer: list[str] = []
         prompt_ids = []
 
         def make_inputs():  # runs on the generating thread
@@ -172,12 +194,14 @@ class Engine:
             first = last = None
             last_token = None
             try:
-                for token, last in tokens_fn(self.model, make_inputs, config, stop):
+                for token, last in tokens_fn(self.model, make_inputs, config, stop, processors):
                     first = first or last
                     count += 1
                     last_token = token
                     was_reasoning = splitter.reasoning
                     for segment in splitter.feed(detokenizer.add(token)):
+                        if not segment.reasoning:
+                            answer.append(segment.text)
                         yield Chunk(segment.text, segment.reasoning, segment.boxed)
                     if was_reasoning or splitter.reasoning or splitter.saw_think_marker:
                         reasoning_tokens += 1
@@ -193,6 +217,8 @@ class Engine:
                 log.exception("generation failed")
                 raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from None
         for segment in splitter.feed(detokenizer.flush()) + splitter.flush():
+            if not segment.reasoning:
+                answer.append(segment.text)
             yield Chunk(segment.text, segment.reasoning, segment.boxed)
         if last_token in self.stop_ids:
             finish = "stop"
@@ -200,6 +226,9 @@ class Engine:
             finish = "cancelled"
         else:
             finish = "length"
+        parsed = None
+        if schema is not None and finish != "cancelled":
+            parsed = validate_answer("".join(answer).strip(), schema, finish, options.max_new_tokens)
         end = time.perf_counter()
         prompt_tokens = int(prompt_ids[0].shape[1])
         image_tokens = int((prompt_ids[0] == self.image_token_id).sum())
@@ -208,6 +237,7 @@ class Engine:
             finish_reason=finish,
             usage=Usage(prompt_tokens, image_tokens, count, reasoning_tokens),
             timings=Timings((first or end) - started, rate, end - started),
+            parsed=parsed,
         )
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 _END = object()
@@ -50,24 +50,25 @@ class _Recorder(BaseStreamer):
         pass
 
 
-def _generate(model, make_inputs, config, streamer, *stop_events: threading.Event) -> None:
+def _generate(model, make_inputs, config, streamer, processors, *stop_events: threading.Event) -> None:
     with torch.inference_mode():
         model.generate(
             **make_inputs(),
             generation_config=config,
             streamer=streamer,
+            logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList([_StopOnEvent(*stop_events)]),
         )
 
 
-def run_tokens(model, make_inputs, config, stop: threading.Event) -> Iterator[Timed]:
+def run_tokens(model, make_inputs, config, stop: threading.Event, processors=()) -> Iterator[Timed]:
     """Generate on this thread, then yield the tokens with the times they were produced."""
     tokens: list[Timed] = []
-    _generate(model, make_inputs, config, _Recorder(tokens.append), stop)
+    _generate(model, make_inputs, config, _Recorder(tokens.append), processors, stop)
     yield from tokens
 
 
-def stream_tokens(model, make_inputs, config, stop: threading.Event) -> Iterator[Timed]:
+def stream_tokens(model, make_inputs, config, stop: threading.Event, processors=()) -> Iterator[Timed]:
     """Generate on a fresh thread and yield tokens as they come; closing cancels and joins.
 
     `make_inputs()` runs the processor on that thread too: torch's CPU worker pool belongs to the
@@ -87,7 +88,7 @@ def stream_tokens(model, make_inputs, config, stop: threading.Event) -> Iterator
 
     def run():
         try:
-            _generate(model, make_inputs, config, _Recorder(sink), stop, abandoned)
+            _generate(model, make_inputs, config, _Recorder(sink), processors, stop, abandoned)
         except BaseException as exc:  # handed to the reader, never lost in the thread
             failure.append(exc)
         finally:

@@ -67,6 +67,10 @@ def raw_post(url, headers, body: bytes):
         conn.close()
 
 
+SET = {"type": "array", "uniqueItems": True}  # valid JSON Schema, but not enforceable
+BAD = {"type": "object", "properties": {"a": {"type": "strnig"}}}  # not a valid JSON Schema
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "param"),
     [
@@ -78,7 +82,29 @@ def raw_post(url, headers, body: bytes):
         ({**GOOD, "max_tokens": 10_000}, 400, None, "max_tokens"),
         ({**GOOD, "n": 2}, 400, "unsupported", "n"),
         ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported", "tools"),
-        ({**GOOD, "response_format": {"type": "json_object"}}, 400, "unsupported", "response_format"),
+        ({**GOOD, "response_format": {"type": "xml"}}, 400, None, "response_format.type"),
+        ({**GOOD, "response_format": {"type": "json_schema"}}, 400, None, "response_format.json_schema"),
+        (
+            {
+                **GOOD,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}},
+            },
+            400,
+            None,
+            "response_format.json_schema.name",
+        ),
+        (
+            {**GOOD, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": SET}}},
+            400,
+            "unsupported_schema",
+            "response_format.json_schema.schema",
+        ),
+        (
+            {**GOOD, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": BAD}}},
+            400,
+            "unsupported_schema",
+            "response_format.json_schema.schema",
+        ),
         ({**GOOD, "stop": ["\n"]}, 400, "unsupported", "stop"),
         ({**GOOD, "frobnicate": 1}, 400, "unknown_field", "frobnicate"),
         ({"messages": [{"role": "tool", "content": "x"}]}, 400, None, "messages[0].role"),

@@ -74,13 +74,6 @@ class ChatCompletionRequest(BaseModel):
                 raise ApiError(400, f"Unknown field '{name}'.", code="unknown_field", param=name)
         if self.n not in (None, 1):
             raise ApiError(400, "Only n=1 is supported.", code="unsupported", param="n")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise ApiError(
-                400,
-                "response_format (JSON output) is not available yet on this server.",
-                code="unsupported",
-                param="response_format",
-            )
         thinking = self.thinking
         template = self.chat_template_kwargs or {}
         unknown = set(template) - {"enable_thinking"}
@@ -108,6 +101,8 @@ class ChatCompletionRequest(BaseModel):
         options = {k: v for k, v in options.items() if v is not None}
         if thinking is not None:
             options["thinking"] = thinking
+        if self.response_format is not None:
+            options["response_format"] = self.response_format
         return options
 
     def message_dicts(self) -> list[dict]:

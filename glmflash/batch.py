@@ -1,0 +1,135 @@
+"""`python -m glmflash batch`: the command around jobs.run_job (flags, progress line, signals).
+
+python -m glmflash batch photos/ --task moderation --out results.jsonl
+python -m glmflash batch 'scans/**/*.jpg' --prompt "Read the meter" --schema meter.json --out m.jsonl
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from .jobs import Summary, default_errors_path, expand_inputs, export_csv, run_job
+from .tasks import DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
+
+
+def add_parser(commands, model_flags) -> None:
+    batch = commands.add_parser(
+        "batch",
+        help="a task over many images into JSON lines (resumable)",
+        description="Run a task over folders, globs or files of images. Results are appended to --out "
+        "(JSON lines); rerunning skips what is done. Refused images go to OUT.errors.jsonl.",
+    )
+    model_flags(batch)
+    batch.add_argument("inputs", nargs="*", help="folders (recursive), globs ('**/*.jpg') or image files")
+    batch.add_argument("--files-from", help="a file listing image paths, one per line")
+    what = batch.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help=f"{' or '.join(PRESETS)}, or a task JSON file (see glmflash/data/tasks)")
+    what.add_argument("--prompt", help="your own instruction; the answer is JSON (shaped by --schema)")
+    batch.add_argument("--schema", help="a JSON Schema file for --prompt's answers")
+    batch.add_argument("--language", default=DEFAULT_LANGUAGE, help="language of explanations (English)")
+    batch.add_argument("--out", required=True, help="results file (JSON lines, appended to)")
+    batch.add_argument("--errors", help="refused / failed inputs (default: OUT.errors.jsonl)")
+    batch.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="csv: also write OUT.csv")
+    batch.add_argument("--max-new-tokens", type=int, help="answer budget (the task's own by default)")
+    batch.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
+    batch.add_argument("--retries", type=int, default=3, help="tries again on transient failures (3)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def build_task(args):
+    if args.task:
+        if args.schema:
+            from .errors import InvalidRequestError
+
+            raise InvalidRequestError("--schema goes with --prompt; a task file carries its own schema.")
+        task = load_task(args.task, language=args.language)
+    else:
+        task = custom_task(args.prompt, args.schema)
+    if args.max_new_tokens:
+        from dataclasses import replace
+
+        task = replace(task, max_new_tokens=args.max_new_tokens)
+    return task
+
+
+def run(args, load_engine) -> int:
+    """Check everything cheap first, then load the model and run; exit 130 when interrupted."""
+    from .errors import InvalidRequestError
+
+    task = build_task(args)
+    paths = expand_inputs(args.inputs, args.files_from)
+    if not paths:
+        raise InvalidRequestError("No input files: give folders, globs or files (or --files-from).")
+    if args.concurrency < 1:
+        raise InvalidRequestError("--concurrency must be 1 or more.")
+    engine = load_engine()
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    progress = None if args.no_progress else Progress()
+    try:
+        summary = run_job(
+            engine,
+            task,
+            paths,
+            args.out,
+            errors=args.errors,
+            concurrency=args.concurrency,
+            retries=args.retries,
+            stop=stop,
+            progress=progress,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if progress:
+        progress.finish()
+    print(summary.line(), file=sys.stderr)
+    print(f"results: {args.out}  errors: {args.errors or default_errors_path(args.out)}", file=sys.stderr)
+    if args.format == "csv":
+        csv_path = str(args.out).removesuffix(".jsonl") + ".csv"
+        print(f"csv: {csv_path} ({export_csv(args.out, csv_path)} rows)", file=sys.stderr)
+    return 130 if summary.interrupted else 0
+
+
+class Progress:
+    """One self-rewriting status line on a terminal; a line every 10 s in logs."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = 0.0
+        self.width = 0
+
+    def __call__(self, s: Summary) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last = now
+        handled = s.done + s.skipped + s.duplicates + s.failed
+        rate = s.done / s.seconds if s.seconds > 0 else 0.0
+        left = s.total - handled
+        eta = _clock(left / rate) if rate > 0 else "?"
+        bar = "#" * int(20 * handled / max(s.total, 1))
+        text = (
+            f"[{bar:<20}] {handled}/{s.total}  done {s.done}  skipped {s.skipped + s.duplicates}  "
+            f"failed {s.failed}  {rate:.2f} img/s  ETA {eta}"
+        )
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\n")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,312 @@
+"""Batch jobs: one task over many images, resumable, into append-only JSON lines.
+
+Each record has a stable id (image bytes + task + model), the source path, the parsed answer,
+usage and timings, and is flushed and fsynced as it is written. A restart skips ids already in
+the results or errors file and first cuts off a half-written last line. Images that are refused
+go to the errors file (never retried); transient failures are retried with backoff, then
+dead-lettered there too. Setting `stop` (SIGINT/SIGTERM in the CLI) ends the job between records.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GlmflashError, InvalidRequestError
+from .tasks import Task
+
+log = logging.getLogger("glmflash.jobs")
+TRANSIENT = ("insufficient_memory", "generation_failed", "server_busy", "timeout", "backend_unavailable")
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0  # done before (results or errors file)
+    duplicates: int = 0  # the same bytes as another input in this run
+    failed: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def images_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        state = "interrupted" if self.interrupted else "finished"
+        return (
+            f"{state}: {self.done} done, {self.skipped} skipped (done before), {self.duplicates} duplicates, "
+            f"{self.failed} failed, of {self.total} inputs in {self.seconds:.1f} s "
+            f"({self.images_per_s:.2f} images/s)"
+        )
+
+
+def expand_inputs(inputs: Iterable[str], files_from: str | None = None) -> list[Path]:
+    """Folders (recursive, hidden files left out), globs and files, plus a list file; sorted, unique."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += [p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))]
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(item):
+            found += [
+                Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True) if Path(p).is_file()
+            ]
+        else:
+            raise InvalidRequestError(f"{item}: no such file, folder or matching files.")
+    if files_from:
+        lines = Path(files_from).read_text("utf-8").splitlines()
+        found += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+    unique = {str(p.resolve()) if p.exists() else str(p): p for p in found}
+    return [unique[key] for key in sorted(unique)]
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def job_id(data: bytes, task: Task, model_id: str) -> str:
+    digest = hashlib.sha256(data)
+    digest.update(f"\0{task.key()}\0{model_id}".encode())
+    return digest.hexdigest()[:32]
+
+
+class JsonlFile:
+    """Append-only JSON lines, each flushed and fsynced; opening repairs a torn last line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.ids = self._repair_and_read()
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def _repair_and_read(self) -> set[str]:
+        if not self.path.exists():
+            return set()
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):  # a record cut short by a crash: it is redone
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: removing a half-written last line (%d bytes)", self.path, len(data) - keep)
+            with open(self.path, "r+b") as f:
+                f.truncate(keep)
+            data = data[:keep]
+        ids = set()
+        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s:%d is not a record; ignored", self.path, number)
+        return ids
+
+    def append(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.ids.add(record["id"])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def run_job(
+    engine,
+    task: Task,
+    paths: list[Path],
+    out: str | Path,
+    *,
+    errors: str | Path | None = None,
+    concurrency: int = 1,
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    stop: threading.Event | None = None,
+    progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """Run `task` over `paths` into `out` (JSONL); refused and failed inputs go to `errors`."""
+    stop = stop or threading.Event()
+    results = JsonlFile(out)
+    failures = JsonlFile(errors or default_errors_path(out))
+    summary = Summary(total=len(paths))
+    model_id = engine.info.model_id
+    seen: set[str] = set()
+    started = time.perf_counter()
+
+    def pending():
+        for path in paths:
+            if stop.is_set():
+                return
+            data, problem = _read(path, engine.settings.max_image_bytes)
+            # An unreadable file is known by its path (its bytes may not exist, or all be empty).
+            ident = job_id(str(path.resolve()).encode() if problem else data, task, model_id)
+            if ident in results.ids or ident in failures.ids:
+                summary.skipped += 1
+            elif ident in seen:
+                summary.duplicates += 1
+            elif problem:
+                failures.append(_error(ident, path, task, model_id, problem, "unreadable", False))
+                summary.failed += 1
+            else:
+                seen.add(ident)
+                yield ident, path, data
+            _report(summary, started, progress)
+
+    def work(item):
+        return item, _attempt(engine, task, item[2], retries, backoff_s, stop)
+
+    def record(outcome) -> None:
+        (ident, path, _), (reply, error) = outcome
+        if error is None and reply.finish_reason == "cancelled":
+            return  # stopped half-way: done again on the next run
+        if error is None:
+            results.append(_record(ident, path, task, model_id, reply))
+            summary.done += 1
+        elif not (stop.is_set() and error.code == "cancelled"):
+            transient = error.code in TRANSIENT
+            failures.append(_error(ident, path, task, model_id, error.message, error.code, transient))
+            summary.failed += 1
+        _report(summary, started, progress)
+
+    try:
+        if concurrency <= 1:  # on this thread: no hop, and signals stay prompt
+            for item in pending():
+                record(work(item))
+        else:
+            _run_pool(pending(), work, record, concurrency, stop)
+    finally:
+        summary.interrupted = stop.is_set()
+        summary.seconds = time.perf_counter() - started
+        results.close()
+        failures.close()
+    return summary
+
+
+def _run_pool(items, work, record, concurrency: int, stop: threading.Event) -> None:
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="glmflash-job") as pool:
+        running = set()
+        for item in items:
+            running.add(pool.submit(work, item))
+            if len(running) >= concurrency:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    record(future.result())
+            if stop.is_set():
+                break
+        for future in running:
+            record(future.result())
+
+
+def _attempt(engine, task: Task, data: bytes, retries: int, backoff_s: float, stop: threading.Event):
+    """(reply, None) or (None, error); transient errors are retried with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return engine.chat(task.messages(data), stop_event=stop, **task.generation()), None
+        except GlmflashError as exc:
+            if exc.code not in TRANSIENT or attempt == retries or stop.is_set():
+                return None, exc
+            delay = backoff_s * 2**attempt
+            log.warning("transient failure (%s), retrying in %.1f s", exc.message, delay)
+            if stop.wait(delay):
+                return None, exc
+        except Exception as exc:  # a bug must not end a 100k-image job: record it, go on
+            log.exception("unexpected failure")
+            return None, GlmflashError(f"unexpected failure: {type(exc).__name__}: {exc}")
+    raise AssertionError("unreachable")
+
+
+def _read(path: Path, max_bytes: int) -> tuple[bytes | None, str | None]:
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return b"", "the file is empty (0 bytes)"
+        if size > max_bytes:
+            return (
+                None,
+                f"the file is {size} bytes, over the {max_bytes}-byte limit (GLMFLASH_MAX_IMAGE_BYTES)",
+            )
+        return path.read_bytes(), None
+    except OSError as exc:
+        return None, f"cannot read the file: {exc.strerror or exc}"
+
+
+def _record(ident: str, path: Path, task: Task, model_id: str, reply) -> dict:
+    return {
+        "id": ident,
+        "source": str(path),
+        "task": task.name,
+        "model": model_id,
+        "result": reply.parsed,
+        "finish_reason": reply.finish_reason,
+        "usage": reply.usage.to_dict() if hasattr(reply.usage, "to_dict") else vars(reply.usage),
+        "timings": vars(reply.timings),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _error(ident, path, task, model_id, message, code, transient) -> dict:
+    return {
+        "id": ident,
+        "source": str(path),
+        "task": task.name,
+        "model": model_id,
+        "error": message,
+        "code": code,
+        "transient": transient,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _report(summary: Summary, started: float, progress) -> None:
+    if progress:
+        summary.seconds = time.perf_counter() - started
+        progress(summary)
+
+
+def default_errors_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".errors.jsonl")
+
+
+def export_csv(jsonl: str | Path, csv_path: str | Path) -> int:
+    """A flat table of the records: nested fields as dotted columns, lists as JSON. Returns rows."""
+    rows = []
+    for line in Path(jsonl).read_text("utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        row = {"id": record["id"], "source": record["source"]}
+        row.update(_flatten(record.get("result") or {}))
+        usage, timings = record.get("usage") or {}, record.get("timings") or {}
+        row.update({"completion_tokens": usage.get("completion_tokens"), "total_s": timings.get("total_s")})
+        rows.append(row)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def _flatten(value: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(item, dict):
+            flat.update(_flatten(item, name + "."))
+        elif isinstance(item, list):
+            flat[name] = json.dumps(item, ensure_ascii=False)
+        else:
+            flat[name] = item
+    return flat

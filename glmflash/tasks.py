@@ -1,0 +1,110 @@
+"""Tasks with structured answers: the shipped presets (moderation, invoice) and users' own.
+
+A task is the prompt sent with each image, the JSON Schema its answer must match, and generation
+defaults (thinking off: it costs tokens). Presets are JSON files in `glmflash/data/tasks/`; copy
+one, edit it, and pass its path wherever a preset name is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .errors import InvalidRequestError
+
+PRESETS = ("moderation", "invoice")
+DEFAULT_LANGUAGE = "English"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    prompt: str
+    schema: dict | None = None  # None: any JSON object
+    thinking: bool = False
+    max_new_tokens: int = 1024
+    description: str = ""
+
+    def response_format(self) -> dict:
+        """The OpenAI `response_format` for this task's answers."""
+        if self.schema is None:
+            return {"type": "json_object"}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": self.name, "schema": self.schema, "strict": True},
+        }
+
+    def messages(self, image) -> list[dict]:
+        """One user turn: the image, then the prompt."""
+        content = [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]
+        return [{"role": "user", "content": content}]
+
+    def generation(self) -> dict:
+        """Keyword arguments for Engine.chat / Engine.stream."""
+        return {
+            "response_format": self.response_format(),
+            "thinking": self.thinking,
+            "max_new_tokens": self.max_new_tokens,
+        }
+
+    def key(self) -> str:
+        """Fingerprint of what decides the answer (prompt, schema, thinking): part of job ids."""
+        blob = json.dumps([self.prompt, self.schema, self.thinking], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
+    """A preset by name ("moderation", "invoice") or a task file of the same shape."""
+    if name_or_path in PRESETS:
+        text = resources.files("glmflash").joinpath(f"data/tasks/{name_or_path}.json").read_text("utf-8")
+        origin = f"preset {name_or_path}"
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise InvalidRequestError(
+                f"Unknown task {name_or_path!r}: use one of {', '.join(PRESETS)} or a task JSON file."
+            )
+        text, origin = path.read_text("utf-8"), str(path)
+    data = _json(text, origin)
+    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+        raise InvalidRequestError(f"{origin}: a task file is a JSON object with at least a 'prompt' string.")
+    return Task(
+        name=str(data.get("name") or Path(name_or_path).stem),
+        prompt=data["prompt"].replace("{language}", language),
+        schema=_schema(data.get("schema"), origin),
+        thinking=bool(data.get("thinking", False)),
+        max_new_tokens=int(data.get("max_new_tokens", 1024)),
+        description=str(data.get("description", "")),
+    )
+
+
+def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: int = 1024) -> Task:
+    """A task from a prompt and (optionally) a JSON Schema file; without one, any JSON object."""
+    if not prompt.strip():
+        raise InvalidRequestError("The prompt is empty.")
+    schema = None
+    if schema_file:
+        path = Path(schema_file).expanduser()
+        if not path.is_file():
+            raise InvalidRequestError(f"Schema file {schema_file} does not exist.")
+        schema = _schema(_json(path.read_text("utf-8"), str(path)), str(path))
+    return Task(name="custom", prompt=prompt, schema=schema, max_new_tokens=max_new_tokens)
+
+
+def _json(text: str, origin: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"{origin} is not valid JSON: {exc}") from None
+
+
+def _schema(schema, origin: str) -> dict | None:
+    if schema is None:
+        return None
+    from .structured import check_schema
+
+    check_schema(schema, param=origin)
+    return schema
