@@ -150,10 +150,10 @@ def run_job(
             data, problem = _read(path, engine.settings.max_image_bytes)
             # An unreadable file is known by its path (its bytes may not exist, or all be empty).
             ident = job_id(str(path.resolve()).encode() if problem else data, task, model_id)
-            if ident in results.ids or ident in failures.ids:
-                summary.skipped += 1
-            elif ident in seen:
+            if ident in seen:
                 summary.duplicates += 1
+            elif ident in results.ids or ident in failures.ids:
+                summary.skipped += 1
             elif problem:
                 failures.append(_error(ident, path, task, model_id, problem, "unreadable", False))
                 summary.failed += 1
