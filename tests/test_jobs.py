@@ -121,7 +121,7 @@ def test_bad_files_are_dead_lettered_and_a_rerun_does_nothing(tmp_path, cache_di
 
 def test_sigterm_ends_between_records_and_the_rest_is_done_later(tmp_path, cache_dir, schema_file):
     folder, out = tmp_path / "in", tmp_path / "r.jsonl"
-    images(folder, 40)
+    images(folder, 24)
     args = batch_cli(
         str(folder), "--prompt", "Judge", "--schema", schema_file, "--out", str(out), cache_dir=cache_dir
     )
