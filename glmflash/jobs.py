@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import GlmflashError, InvalidRequestError
@@ -248,8 +248,8 @@ def _record(ident: str, path: Path, task: Task, model_id: str, reply) -> dict:
         "model": model_id,
         "result": reply.parsed,
         "finish_reason": reply.finish_reason,
-        "usage": reply.usage.to_dict() if hasattr(reply.usage, "to_dict") else vars(reply.usage),
-        "timings": vars(reply.timings),
+        "usage": asdict(reply.usage),
+        "timings": asdict(reply.timings),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
