@@ -3,6 +3,7 @@ and the server's overhead per request against calling Engine.chat directly with 
 
     .venv/bin/python benchmarks/load.py                 # starts its own server with the tiny model
     .venv/bin/python benchmarks/load.py --url http://127.0.0.1:8080 --api-key KEY   # a running one
+    .venv/bin/python benchmarks/load.py --compare-batching   # one at a time vs dynamic batching
 """
 
 from __future__ import annotations
@@ -70,17 +71,19 @@ def run_level(url, body, headers, concurrency: int, total: int) -> dict:
     }
 
 
-def serve_tiny():
+def serve_tiny(batch_size: int = 8, engine=None):
     import uvicorn
 
     import glmflash
+    from glmflash.engine import Engine
     from glmflash.server import create_app
 
-    engine = glmflash.load("tiny")
+    engine = engine or glmflash.load("tiny")
+    settings = glmflash.Settings(max_queue=64, max_batch_size=batch_size, cache_dir=engine.settings.cache_dir)
+    engine = Engine(engine.model, engine.processor, engine.info, settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = glmflash.Settings(max_queue=64)
     server = uvicorn.Server(uvicorn.Config(create_app(engine, settings), port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -96,7 +99,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="square test image side in pixels")
     parser.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--compare-batching", action="store_true", help="one at a time vs batched, same run")
     args = parser.parse_args()
+    if args.compare_batching:
+        return compare_batching(args)
 
     engine, url = (None, args.url) if args.url else serve_tiny()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -130,6 +136,35 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def compare_batching(args) -> None:
+    """The same server one request at a time (max_batch_size=1) and with dynamic batching (8)."""
+    body, results = request_body(args), {}
+    engine = None
+    for batch in (1, 8, 1, 8):  # twice each, alternating: the machine drifts
+        engine, url = serve_tiny(batch, engine)
+        run_level(url, body, {}, 1, 3)  # warm-up
+        for clients in (1, 8):
+            level = run_level(url, body, {}, clients, args.requests)
+            results.setdefault((batch, clients), []).append(level)
+    med = {key: {m: statistics.median(lv[m] for lv in levels) for m in ("requests_per_s", "p50_s", "p95_s")}
+           for key, levels in results.items()}  # fmt: skip
+    print(
+        f"{args.tokens} tokens per answer, {args.size}x{args.size} image, {args.requests} requests per level"
+    )
+    print(f"{'batch':>6}{'clients':>8}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    for (batch, clients), m in sorted(med.items()):
+        p50, p95 = m["p50_s"] * 1000, m["p95_s"] * 1000
+        print(f"{batch:>6}{clients:>8}{m['requests_per_s']:>10.2f}{p50:>10.1f}{p95:>10.1f}")
+    speedup = med[(8, 8)]["requests_per_s"] / med[(1, 8)]["requests_per_s"]
+    latency = med[(8, 8)]["p95_s"] / med[(1, 1)]["p50_s"]
+    print(f"8 clients, batched vs one at a time: {speedup:.2f}x the throughput (goal >= 3x)")
+    print(f"8 clients batched, p95 latency / single-request latency: {latency:.2f} (goal <= 2)")
+    if args.json:
+        with open(args.json, "w") as f:
+            rows = [{"batch": b, "clients": c, **m} for (b, c), m in sorted(med.items())]
+            json.dump({"levels": rows, "speedup": speedup, "p95_vs_single": latency}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Engine: images + messages in, a stream of reasoning/answer chunks out, one generation at a time.
+"""Engine: images + messages in, a stream of reasoning/answer chunks out.
+
+Concurrent requests share batched generations (batching.py) when settings.max_batch_size > 1;
+otherwise they take turns.
 
 `stream()` is the primitive (usage, timings and finish_reason arrive on its last chunk);
 `chat()` collects it and `ask()` is the notebook one-liner.
@@ -6,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from .batching import Batcher
 from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
 from .config import Settings
 from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
@@ -39,6 +44,7 @@ class Engine:
         self._lock = threading.Lock()
         self._json_lock = threading.Lock()
         self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
+        self._batch: Batcher | None = None
         config = model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
@@ -164,6 +170,29 @@ class Engine:
                 self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
             return self._json
 
+    @property
+    def busy(self) -> bool:
+        """The model is generating (or requests are waiting for it)."""
+        return self._lock.locked() or (self._batch is not None and self._batch.busy)
+
+    def _batcher(self) -> Batcher | None:
+        """The dynamic batcher (settings.max_batch_size > 1), started on first use."""
+        if self.settings.max_batch_size <= 1:
+            return None
+        with self._json_lock:
+            if self._batch is None:
+                self._batch = Batcher(
+                    self.model,
+                    self.stop_ids,
+                    self.tokenizer.pad_token_id
+                    if self.tokenizer.pad_token_id is not None
+                    else min(self.stop_ids),
+                    max_batch_size=self.settings.max_batch_size,
+                    max_wait_s=self.settings.batch_wait_ms / 1000,
+                    constraints=lambda: self._json,
+                )
+            return self._batch
+
     def _run(self, prompt, images, options, stop, started, tokens_fn, structured) -> Iterator[Chunk]:
         schema, template = structured
         processors = [JsonLogitsProcessor([template], self._json)] if template is not None else []
@@ -182,19 +211,24 @@ class Engine:
             drop=[t for t in self.control_tokens if t not in _MARKERS],
         )
         detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
-        with self._lock:
+        batcher = self._batcher()
+        with contextlib.nullcontext() if batcher else self._lock:
             if stop.is_set():  # cancelled while waiting for the engine: no prefill for nobody
                 yield Chunk(
                     finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0)
                 )
                 return
-            if options.seed is not None:
+            if options.seed is not None and not batcher:
                 torch.manual_seed(options.seed)
             count = reasoning_tokens = 0
             first = last = None
             last_token = None
             try:
-                for token, last in tokens_fn(self.model, make_inputs, config, stop, processors):
+                if batcher:  # shares a batched generation with concurrent requests
+                    tokens = batcher.tokens(make_inputs(), config, options.seed, stop, template)
+                else:
+                    tokens = tokens_fn(self.model, make_inputs, config, stop, processors)
+                for token, last in tokens:
                     first = first or last
                     count += 1
                     last_token = token

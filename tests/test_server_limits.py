@@ -200,7 +200,7 @@ def test_queue_full_is_503_at_once_with_retry_after(engine):
 def test_request_deadline_is_504_and_frees_the_engine(engine):
     with running_server(engine, request_timeout=0.5) as (url, _app):
         assert_error(post(url, {**GOOD, "max_tokens": 5000, "min_tokens": 5000}), 504, "request_timeout")
-        wait_until(lambda: not engine._lock.locked(), 2)
+        wait_until(lambda: not engine.busy, 2)
         assert_serving(url)
 
 
@@ -211,9 +211,9 @@ def test_client_disconnect_mid_stream_frees_the_engine_within_a_second(engine):
         lines = response.iter_lines()
         for _ in range(3):
             next(lines)
-        assert engine._lock.locked()
+        assert engine.busy
         response.close()
-        assert wait_until(lambda: not engine._lock.locked() and app.state.glmflash.active == 0, 1.0) < 1.0
+        assert wait_until(lambda: not engine.busy and app.state.glmflash.active == 0, 1.0) < 1.0
         assert_serving(url)
 
 
@@ -222,7 +222,7 @@ def test_client_disconnect_while_waiting_for_a_whole_answer(engine):
         with pytest.raises(requests.exceptions.ReadTimeout):
             requests.post(f"{url}/v1/chat/completions", json={**GOOD, "max_tokens": 5000, "min_tokens": 5000},
                           timeout=(5, 0.5))  # fmt: skip
-        wait_until(lambda: not engine._lock.locked() and app.state.glmflash.active == 0, 1.5)
+        wait_until(lambda: not engine.busy and app.state.glmflash.active == 0, 1.5)
         assert_serving(url)
 
 
@@ -317,5 +317,5 @@ def test_deadline_in_the_middle_of_a_stream_is_an_error_event(engine):
             lines = [line for line in response.iter_lines(decode_unicode=True) if line]
         assert lines[-1] != "data: [DONE]"
         assert json.loads(lines[-1][6:])["error"]["code"] == "request_timeout"
-        wait_until(lambda: not engine._lock.locked(), 2)
+        wait_until(lambda: not engine.busy, 2)
         assert_serving(url)

@@ -1,0 +1,269 @@
+"""Dynamic batching: concurrent requests share one batched `model.generate`.
+
+One worker thread takes the oldest waiting request, waits up to `max_wait_s` for more with the
+same sampling settings (at most `max_batch_size`), left-pads them into one batch and generates.
+Each row streams its tokens to its own caller as they are made and ends on its own (its stop
+token, its own max_new_tokens, its cancel): a finished or cancelled row returns at once while the
+batch goes on for the others. Under greedy decoding every row gets the tokens it would get alone.
+Requests that arrive during a batch wait for the next one (no continuous batching).
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+_END = object()
+COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
+SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+@dataclass(eq=False)
+class _Row:
+    inputs: dict  # one request's model inputs, batch dimension 1
+    config: object  # its GenerationConfig
+    seed: int | None
+    stop: threading.Event
+    template: object  # its compiled JSON grammar, or None
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    gone: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
+    over: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
+    count: int = 0
+    ended: bool = False
+
+    @property
+    def key(self):
+        """Rows batch together only when sampling alike; a seeded sampled row runs alone."""
+        if self.config.do_sample and self.seed is not None:
+            return id(self)
+        return tuple(getattr(self.config, name) for name in SAMPLING)
+
+    def end(self) -> None:
+        self.ended = True
+        self.tokens.put(_END)
+        self.over.set()
+
+    def finished(self) -> bool:
+        return self.ended or self.stop.is_set() or self.gone.is_set()
+
+
+class Batcher:
+    """Owns the worker thread; `tokens()` is what the engine calls per request."""
+
+    def __init__(self, model, stop_ids, pad_id: int, *, max_batch_size: int, max_wait_s: float, constraints):
+        self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
+        self.constraints = constraints  # () -> structured.Constraints, made on first use
+        self.waiting: deque[_Row] = deque()
+        self.ready = threading.Condition()
+        self.sizes: list[int] = []  # every batch's size, oldest first (for tests and /metrics)
+        self.waits: list[float] = []  # how long each batch's first row waited for company
+        self._closed = False
+        self.generating = False
+        self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
+        self._thread.start()
+        # A thread that ran torch must end before the interpreter does, or the process aborts.
+        atexit.register(self.close)
+
+    @property
+    def busy(self) -> bool:
+        """A batch is generating, or requests are waiting for one."""
+        return self.generating or bool(self.waiting)
+
+    def close(self) -> None:
+        """Finish the batch in hand, then end the worker (later requests would wait forever)."""
+        with self.ready:
+            self._closed = True
+            self.ready.notify_all()
+        self._thread.join(timeout=30)
+
+    def tokens(self, inputs, config, seed, stop, template) -> Iterator[tuple[int, float]]:
+        """Queue one request; yield (token id, time) as its row produces them."""
+        row = _Row(inputs, config, seed, stop, template)
+        with self.ready:
+            self.waiting.append(row)
+            self.ready.notify()
+        try:
+            while True:
+                for item in _drain(row.tokens):
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                # Let tokens gather before waking again: eight readers waking on every token
+                # take the cores the batch needs.
+                row.over.wait(COALESCE_S)
+        finally:
+            row.gone.set()
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            rows = self._collect()
+            if rows is None:
+                return
+            try:
+                self._generate(rows)
+            except BaseException as exc:  # handed to every caller of the batch
+                for row in rows:
+                    row.tokens.put(exc)
+            finally:
+                for row in rows:
+                    row.end()
+
+    def _collect(self) -> list[_Row] | None:
+        with self.ready:
+            while not self.waiting and not self._closed:
+                self.ready.wait()
+            if self._closed:
+                for row in self.waiting:
+                    row.end()
+                return None
+            first = self.waiting.popleft()
+            rows, started = [first], time.monotonic()
+            while len(rows) < self.max_batch_size:
+                rows += self._take(first.key, self.max_batch_size - len(rows))
+                left = started + self.max_wait_s - time.monotonic()
+                if len(rows) >= self.max_batch_size or left <= 0:
+                    break
+                self.ready.wait(left)
+        self.waits.append(time.monotonic() - started)
+        return rows
+
+    def _take(self, key, room: int) -> list[_Row]:
+        taken = [row for row in self.waiting if row.key == key][:room]
+        for row in taken:
+            self.waiting.remove(row)
+        return taken
+
+    def _generate(self, rows: list[_Row]) -> None:
+        rows = [row for row in rows if not row.finished()]  # cancelled while waiting: no prefill
+        if not rows:
+            return
+        self.sizes.append(len(rows))
+        config = _batch_config(rows)
+        processors = [_RowMinTokens(rows, self.stop_ids)]
+        templates = [row.template for row in rows]
+        if any(t is not None for t in templates):
+            from .structured import JsonLogitsProcessor
+
+            processors.append(JsonLogitsProcessor(templates, self.constraints()))
+        if rows[0].seed is not None:
+            torch.manual_seed(rows[0].seed)
+        self.generating = True
+        try:
+            with torch.inference_mode():
+                self.model.generate(
+                    **_collate([row.inputs for row in rows], self.pad_id),
+                    generation_config=config,
+                    streamer=_Fanout(rows, self.stop_ids),
+                    logits_processor=LogitsProcessorList(processors),
+                    stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
+                )
+        finally:
+            self.generating = False
+
+
+def _batch_config(rows: list[_Row]):
+    import copy
+
+    config = copy.deepcopy(rows[0].config)
+    config.max_new_tokens = max(row.config.max_new_tokens for row in rows)
+    config.min_new_tokens = None  # per row, by _RowMinTokens
+    return config
+
+
+def _collate(inputs: list[dict], pad_id: int) -> dict:
+    """Left-pad the token rows to one length; stack the images of all rows in order."""
+    if len(inputs) == 1:
+        return inputs[0]
+    width = max(x["input_ids"].shape[1] for x in inputs)
+    batch = {}
+    for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        if name not in inputs[0]:
+            continue
+        fill = pad_id if name == "input_ids" else 0
+        batch[name] = torch.cat(
+            [torch.nn.functional.pad(x[name], (width - x[name].shape[1], 0), value=fill) for x in inputs]
+        )
+    for name in ("pixel_values", "image_grid_thw"):
+        parts = [x[name] for x in inputs if name in x]
+        if parts:
+            batch[name] = torch.cat(parts)
+    return batch
+
+
+def _drain(tokens: queue.SimpleQueue) -> list:
+    items = [tokens.get()]
+    while items[-1] is not _END:
+        try:
+            items.append(tokens.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
+class _Fanout(BaseStreamer):
+    """Each step's tokens, one per row, go to that row's caller until the row has ended."""
+
+    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+        self.rows, self.stop_ids = rows, stop_ids
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        now = time.perf_counter()
+        for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
+            if row.ended:
+                continue
+            if row.finished():  # cancelled: its caller is answered now, within a token
+                row.end()
+                continue
+            row.count += 1
+            row.tokens.put((token, now))
+            if token in self.stop_ids or row.count >= row.config.max_new_tokens:
+                row.end()  # this caller is answered now; the batch goes on
+
+    def end(self):
+        pass
+
+
+class _RowsDone(StoppingCriteria):
+    """Per row: done when it has ended or was cancelled; generation stops when all are."""
+
+    def __init__(self, rows: list[_Row]):
+        self.rows = rows
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = [row.finished() for row in self.rows]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowMinTokens(LogitsProcessor):
+    """min_new_tokens per row: its stop tokens are masked until it has that many."""
+
+    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+        self.rows, self.stop_ids = rows, sorted(stop_ids)
+        self.step = 0
+
+    def __call__(self, input_ids, scores):
+        held = [i for i, row in enumerate(self.rows) if self.step < (row.config.min_new_tokens or 0)]
+        self.step += 1
+        if held:
+            rows = torch.tensor(held, device=scores.device)
+            stops = torch.tensor(self.stop_ids, device=scores.device)
+            scores[rows[:, None], stops] = float("-inf")
+        return scores

@@ -1,0 +1,177 @@
+"""Dynamic batching with the real tiny model: same greedy tokens as one at a time, rows that end
+(or are cancelled) alone, size and wait bounds, JSON rows beside free ones, sampling kept apart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glmflash.config import Settings
+from glmflash.engine import Engine
+
+
+def engine_batching(engine, **settings) -> Engine:
+    return Engine(
+        engine.model, engine.processor, engine.info, Settings(cache_dir=engine.settings.cache_dir, **settings)
+    )
+
+
+def picture(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def user(*parts) -> list[dict]:
+    content = [
+        {"type": "image", "image": p} if isinstance(p, Image.Image) else {"type": "text", "text": p}
+        for p in parts
+    ]
+    return [{"role": "user", "content": content}]
+
+
+MIXED = [  # (messages, max_new_tokens): text only, one image, two images of other sizes, long prompt
+    (user(picture(64, 48, 1), "What is this?"), 30),
+    (user("A question without any image at all"), 20),
+    (user(picture(120, 90, 2), picture(40, 40, 3), "Compare them"), 40),
+    (user("x"), 5),
+    (user(picture(200, 100, 4), "A longer prompt with quite a few more words than the others have"), 25),
+    (user(picture(56, 200, 5), "Tall"), 35),
+]
+
+
+def concurrently(engine, requests, **options):
+    replies = [None] * len(requests)
+
+    def ask(i):
+        messages, tokens = requests[i]
+        replies[i] = engine.chat(messages, max_new_tokens=tokens, temperature=0, thinking=False, **options)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return replies
+
+
+def test_batched_greedy_output_is_identical_to_one_at_a_time(engine):
+    alone = engine_batching(engine, max_batch_size=1)
+    expected = [alone.chat(m, max_new_tokens=n, temperature=0, thinking=False) for m, n in MIXED]
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=200)
+    replies = concurrently(batched, MIXED)
+    assert max(batched._batch.sizes) > 1  # they really shared batches
+    for want, got in zip(expected, replies, strict=True):
+        assert got.text == want.text
+        assert (got.finish_reason, got.usage) == (want.finish_reason, want.usage)
+
+
+def test_a_short_or_cancelled_row_ends_alone(engine):
+    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200)
+    long_options = {"max_new_tokens": 400, "min_new_tokens": 400, "temperature": 0, "thinking": False}
+    results, ended = {}, {}
+    cancel = threading.Event()
+
+    def run(name, **options):
+        stop = cancel if name == "cancelled" else None
+        results[name] = batched.chat(user(picture(64, 64, 7), name), stop_event=stop, **options)
+        ended[name] = time.monotonic()
+
+    threads = [
+        threading.Thread(target=run, args=("long",), kwargs=long_options),
+        threading.Thread(target=run, args=("cancelled",), kwargs=long_options),
+        threading.Thread(
+            target=run, args=("short",), kwargs={**long_options, "max_new_tokens": 3, "min_new_tokens": 3}
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    threads[2].join(60)
+    assert threads[0].is_alive()  # the short row came back while the long one still runs
+    cancel.set()
+    cancelled_at = time.monotonic()
+    threads[1].join(60)
+    assert ended["cancelled"] - cancelled_at < 1.0 and threads[0].is_alive()
+    threads[0].join(120)
+    assert batched._batch.sizes == [3]
+    assert results["short"].usage.completion_tokens == 3 and results["short"].finish_reason == "length"
+    assert (
+        results["cancelled"].finish_reason == "cancelled"
+        and results["cancelled"].usage.completion_tokens < 400
+    )
+    assert results["long"].usage.completion_tokens == 400
+
+
+def test_the_batcher_keeps_its_size_and_wait_bounds(engine):
+    batched = engine_batching(engine, max_batch_size=3, batch_wait_ms=40)
+    replies = concurrently(batched, [(user(f"question {i}"), 4) for i in range(11)])
+    assert all(r.usage.completion_tokens == 4 for r in replies)
+    assert sum(batched._batch.sizes) == 11 and max(batched._batch.sizes) <= 3
+    assert max(batched._batch.waits) < 0.040 + 0.05  # the bound, plus scheduling slack
+    single = engine_batching(engine, max_batch_size=3, batch_wait_ms=40)
+    start = time.monotonic()
+    single.chat(user("alone"), max_new_tokens=1)
+    assert single._batch.sizes == [1] and time.monotonic() - start < 2.0
+
+
+def test_json_rows_and_free_rows_share_a_batch(engine):
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200)
+    fmt = {"type": "json_schema", "json_schema": {"name": "small", "schema": schema}}
+    batched.chat(
+        user("warm"), response_format=fmt, max_new_tokens=60, thinking=False
+    )  # grammar compiled once, first
+    replies = [None] * 3
+
+    def ask(i):
+        options = {"response_format": fmt} if i < 2 else {}
+        replies[i] = batched.chat(
+            user(picture(48, 48, i), "go"), max_new_tokens=60, temperature=0, thinking=False, **options
+        )
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert batched._batch.sizes[1:] == [3]
+    for reply in replies[:2]:
+        assert set(json.loads(reply.text)) == {"ok", "n"} and reply.parsed == json.loads(reply.text)
+    assert replies[2].parsed is None
+
+
+def test_different_sampling_settings_are_not_batched_together(engine):
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=100)
+    requests = [(user("a"), 3), (user("b"), 3)]
+    replies = [None, None]
+
+    def ask(i, temperature):
+        replies[i] = batched.chat(requests[i][0], max_new_tokens=3, temperature=temperature, thinking=False)
+
+    threads = [threading.Thread(target=ask, args=(0, 0)), threading.Thread(target=ask, args=(1, 0.7))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(batched._batch.sizes) == [1, 1] and all(r.usage.completion_tokens == 3 for r in replies)
+
+
+@pytest.mark.parametrize("size", [1, 8])
+def test_a_seeded_sampled_answer_repeats(engine, size):
+    batched = engine_batching(engine, max_batch_size=size)
+    first, second = (
+        batched.chat(
+            user(picture(32, 32, 9), "hi"), max_new_tokens=12, temperature=0.9, seed=42, thinking=False
+        )
+        for _ in range(2)
+    )
+    assert first.text == second.text
