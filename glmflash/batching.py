@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests share one batched `model.generate`.
 
-One worker thread takes the oldest waiting request, waits up to `max_wait_s` for more with the
-same sampling settings (at most `max_batch_size`), left-pads them into one batch and generates.
+One worker thread takes the oldest waiting request, waits up to `max_wait_s` for the other
+requests already in the engine (those with the same sampling settings join, at most
+`max_batch_size`), left-pads them into one batch and generates.
 Each row streams its tokens to its own caller as they are made and ends on its own (its stop
 token, its own max_new_tokens, its cancel): a finished or cancelled row returns at once while the
 batch goes on for the others. Under greedy decoding every row gets the tokens it would get alone.
@@ -59,8 +60,11 @@ class _Row:
 class Batcher:
     """Owns the worker thread; `tokens()` is what the engine calls per request."""
 
-    def __init__(self, model, stop_ids, pad_id: int, *, max_batch_size: int, max_wait_s: float, constraints):
+    def __init__(
+        self, model, stop_ids, pad_id: int, *, max_batch_size: int, max_wait_s: float, constraints, callers
+    ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.callers = callers  # () -> requests now inside the engine: more than are here means wait
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
         self.constraints = constraints  # () -> structured.Constraints, made on first use
         self.waiting: deque[_Row] = deque()
@@ -134,8 +138,11 @@ class Batcher:
             rows, started = [first], time.monotonic()
             while len(rows) < self.max_batch_size:
                 rows += self._take(first.key, self.max_batch_size - len(rows))
+                # Wait only for requests that exist (still preparing their images): a lone
+                # request starts at once.
+                expected = min(self.max_batch_size, self.callers())
                 left = started + self.max_wait_s - time.monotonic()
-                if len(rows) >= self.max_batch_size or left <= 0:
+                if len(rows) >= expected or left <= 0:
                     break
                 self.ready.wait(left)
         self.waits.append(time.monotonic() - started)

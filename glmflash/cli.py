@@ -1,4 +1,4 @@
-"""Command line: `python -m glmflash serve | chat | batch | info | check | cost | tiny-model`.
+"""Command line: `python -m glmflash serve | chat | batch | bench | info | check | cost | tiny-model`.
 
 Errors are one line on stderr and exit status 2.
 """
@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch.add_parser(commands, _model_flags)
 
+    bench = commands.add_parser("bench", help="TTFT, tokens/s, images/s, memory vs raw model.generate")
+    _model_flags(bench)
+    bench.add_argument("--size", type=int, default=448, help="image side in pixels (448)")
+    bench.add_argument("--tokens", type=int, default=64, help="answer tokens, forced (64)")
+    bench.add_argument("--requests", type=int, default=8, help="requests per measurement (8)")
+    bench.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="callers at once (1,4,16)")
+    bench.add_argument("--json", default="bench.json", help="where the figures go (bench.json)")
+    bench.add_argument("--arch-only", action="store_true", help="GPU: the real architecture, random weights")
+    bench.add_argument("--precisions", default="bf16,int8,int4", help="for --arch-only (bf16,int8,int4)")
+
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
 
@@ -67,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("each value must be 1 or more")
+    return values
+
+
 def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="auto, tiny, a hub id or a folder (GLMFLASH_MODEL)")
     parser.add_argument("--precision", help="auto, bf16, fp16, fp32, int8, int4 (GLMFLASH_PRECISION)")
@@ -89,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build_tiny_model(args.path, seed=args.seed))
             return 0
+        if args.command == "bench":
+            from .bench import main as bench
+
+            return bench(args)
         if args.command == "batch":
             from . import batch
 

@@ -45,6 +45,7 @@ class Engine:
         self._json_lock = threading.Lock()
         self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
         self._batch: Batcher | None = None
+        self._active = 0  # requests between preparing their inputs and their last token
         config = model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
@@ -190,10 +191,21 @@ class Engine:
                     max_batch_size=self.settings.max_batch_size,
                     max_wait_s=self.settings.batch_wait_ms / 1000,
                     constraints=lambda: self._json,
+                    callers=lambda: self._active,
                 )
             return self._batch
 
-    def _run(self, prompt, images, options, stop, started, tokens_fn, structured) -> Iterator[Chunk]:
+    def _run(self, *args) -> Iterator[Chunk]:
+        """Counted while it runs: the batcher waits for requests that are still preparing."""
+        with self._json_lock:
+            self._active += 1
+        try:
+            yield from self._chunks(*args)
+        finally:
+            with self._json_lock:
+                self._active -= 1
+
+    def _chunks(self, prompt, images, options, stop, started, tokens_fn, structured) -> Iterator[Chunk]:
         schema, template = structured
         processors = [JsonLogitsProcessor([template], self._json)] if template is not None else []
         answer: list[str] = []

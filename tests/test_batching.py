@@ -175,3 +175,23 @@ def test_a_seeded_sampled_answer_repeats(engine, size):
         for _ in range(2)
     )
     assert first.text == second.text
+
+
+def test_bench_writes_json_that_the_cost_calculator_reads(tmp_path, cache_dir):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "bench.json"
+    env = {"GLMFLASH_CACHE_DIR": cache_dir}
+    small = ("--size", "64", "--tokens", "4", "--requests", "2", "--concurrency", "1,2")
+    result = run_cli("bench", "--model", "tiny", *small, "--json", str(out), env_extra=env)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert [level["concurrency"] for level in figures["levels"]] == [1, 2]
+    for level in figures["levels"]:
+        assert level["images_per_s"] > 0 and level["images_per_s_ratio"] > 0 and level["ttft_s"] > 0
+    assert figures["baseline"]["decode_tokens_per_s"] > 0 and figures["peak_memory_bytes"] > 0
+    assert "model.generate, 1 by 1" in result.stdout and "engine, 2 at once" in result.stdout
+    cost = run_cli("cost", "--bench", str(out), "--json")
+    assert json.loads(cost.stdout)["inputs"]["images_per_second_per_gpu"] == figures["images_per_s"]
+    bad = run_cli("bench", "--model", "tiny", "--concurrency", "0,x", env_extra=env)
+    assert bad.returncode == 2 and "--concurrency" in bad.stderr

@@ -1,0 +1,276 @@
+"""`python -m glmflash bench`: a fixed workload's time to first token, decode speed, images/s and
+peak memory through the engine at several concurrencies, each against raw `model.generate` one
+request at a time measured in the same run. Prints a table and writes JSON (the cost calculator
+reads its `images_per_s`).
+
+`--arch-only` measures the real GLM-4.6V-Flash architecture with random weights on a GPU (no
+download: weight values do not change the timings) in bf16, int8 and int4 through the same
+loading code as the checkpoint, against the memory-bandwidth limit it measures first.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+QUESTION = "Is anything in this product image against the rules? Answer briefly."
+
+
+def workload(count: int, size: int) -> list[list[dict]]:
+    """`count` different noise images of size x size, each with the same question."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+    question = {"type": "text", "text": QUESTION}
+    return [[{"role": "user", "content": [{"type": "image", "image": im}, question]}] for im in images]
+
+
+def baseline(engine, requests, tokens: int) -> dict:
+    """Raw processor + model.generate, one request at a time, greedy, exactly `tokens` tokens."""
+    from transformers import GenerationConfig
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self):
+            self.times = []
+
+        def put(self, value):
+            self.times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    eos = engine.model.generation_config.eos_token_id
+    config = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=eos,
+                              pad_token_id=engine.tokenizer.pad_token_id)  # fmt: skip
+    ttft, rates = [], []
+    start = time.perf_counter()
+    for messages in requests:
+        began = time.perf_counter()
+        _, inputs = engine.prepare(messages, thinking=False)
+        clock = Clock()
+        with torch.inference_mode():
+            engine.model.generate(**inputs, generation_config=config, streamer=clock)
+        _sync()
+        first, last = clock.times[1], clock.times[-1]  # times[0] is the prompt
+        ttft.append(first - began)
+        rates.append((tokens - 1) / (last - first) if last > first else 0.0)
+    wall = time.perf_counter() - start
+    return {"ttft_s": statistics.median(ttft), "decode_tokens_per_s": statistics.median(rates),
+            "images_per_s": len(requests) / wall}  # fmt: skip
+
+
+def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
+    """`concurrency` callers at once, each streaming its answers from the engine."""
+    ttft, rates, lock = [], [], threading.Lock()
+    work = list(requests)
+
+    def caller():
+        while True:
+            with lock:
+                if not work:
+                    return
+                messages = work.pop()
+            final = None
+            for chunk in engine.stream(messages, thinking=False, temperature=0, max_new_tokens=tokens,
+                                       min_new_tokens=tokens):  # fmt: skip
+                final = chunk
+            with lock:
+                ttft.append(final.timings.ttft_s)
+                rates.append(final.timings.tokens_per_s)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=caller) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "ttft_s": statistics.median(ttft),
+        "decode_tokens_per_s": statistics.median(rates),
+        "images_per_s": len(requests) / wall,
+    }
+
+
+def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]) -> dict:
+    reset_peak_memory(engine.info.device)
+    warm = workload(2, size)
+    baseline(engine, warm[:1], tokens)  # warm-up both paths
+    through_engine(engine, warm, tokens, 2)
+    base = baseline(engine, workload(requests, size), tokens)
+    levels = []
+    for n in concurrency:
+        level = through_engine(engine, workload(max(requests, n * 2), size), tokens, n)
+        level["images_per_s_ratio"] = level["images_per_s"] / base["images_per_s"]
+        level["ttft_ratio"] = level["ttft_s"] / base["ttft_s"]
+        level["decode_ratio"] = level["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        levels.append(level)
+    return {
+        "model": engine.info.model_id,
+        "device": engine.info.device,
+        "device_name": device_name(engine.info.device),
+        "precision": engine.info.precision,
+        "max_batch_size": engine.settings.max_batch_size,
+        "workload": {
+            "image": f"{size}x{size}",
+            "question": QUESTION,
+            "answer_tokens": tokens,
+            "requests": requests,
+        },
+        "baseline": base,
+        "levels": levels,
+        "images_per_s": max(level["images_per_s"] for level in levels),
+        "peak_memory_bytes": peak_memory(engine.info.device),
+        "peak_memory_kind": "GPU (torch max allocated)"
+        if engine.info.device.startswith("cuda")
+        else "process RSS",
+    }
+
+
+def table(result: dict) -> str:
+    b, w = result["baseline"], result["workload"]
+    lines = [
+        f"{result['model']} {result['precision']} on {result['device_name']}; {w['image']} image, "
+        f"{w['answer_tokens']} answer tokens, max batch {result['max_batch_size']}",
+        f"{'':>22}{'TTFT ms':>10}{'decode tok/s':>14}{'images/s':>10}{'x baseline':>12}",
+        f"{'model.generate, 1 by 1':>22}{b['ttft_s'] * 1000:>10.1f}{b['decode_tokens_per_s']:>14.1f}"
+        f"{b['images_per_s']:>10.2f}{1:>12.2f}",
+    ]
+    for lv in result["levels"]:
+        lines.append(f"{'engine, ' + str(lv['concurrency']) + ' at once':>22}{lv['ttft_s'] * 1000:>10.1f}"
+                     f"{lv['decode_tokens_per_s']:>14.1f}{lv['images_per_s']:>10.2f}{lv['images_per_s_ratio']:>12.2f}")  # fmt: skip  # noqa: E501
+    lines.append(f"peak memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB ({result['peak_memory_kind']})")
+    return "\n".join(lines)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def peak_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device)))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# -- the real architecture on a GPU ----------------------------------------------------------
+
+
+def memory_bandwidth(gib: float = 2.0) -> float:
+    """Bytes/s the GPU moves in a device-to-device copy (read + write), the best of 10."""
+    source = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(10):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        target.copy_(source)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    del source, target
+    torch.cuda.empty_cache()
+    return 2 * gib * 2**30 / best
+
+
+def random_checkpoint(folder: Path) -> Path:
+    """The full-size architecture with random bf16 weights, saved with the tiny model's processor."""
+    from transformers import AutoModelForImageTextToText
+
+    from .load import full_size_config
+    from .testing import build_tiny_model
+
+    tiny = build_tiny_model(folder / "tiny")
+    with torch.device("cuda"):
+        model = AutoModelForImageTextToText.from_config(full_size_config(), dtype=torch.bfloat16)
+    target = folder / "glm46v-random"
+    model.save_pretrained(target)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    for item in tiny.iterdir():  # tokenizer, processor, chat template, generation config
+        if (
+            item.is_file()
+            and not item.name.endswith((".safetensors", ".json.index"))
+            and item.name != "config.json"
+        ):
+            (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+def arch_only(*, precisions, tokens: int, requests: int, concurrency: int) -> dict:
+    import glmflash
+
+    if not torch.cuda.is_available():
+        from .errors import InvalidRequestError
+
+        raise InvalidRequestError("--arch-only needs a CUDA GPU.")
+    result = {"device_name": torch.cuda.get_device_name(0), "bandwidth_bytes_per_s": memory_bandwidth()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = random_checkpoint(Path(tmp))
+        for precision in precisions:
+            try:
+                engine = glmflash.load(str(folder), precision, "cuda:0", max_batch_size=concurrency)
+            except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
+                result[precision] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            weights = engine.model.get_memory_footprint()
+            one = run(engine, size=1024, tokens=tokens, requests=requests, concurrency=[1, concurrency])
+            limit = result["bandwidth_bytes_per_s"] / weights
+            result[precision] = {
+                **one,
+                "weight_bytes": weights,
+                "decode_limit_tokens_per_s": limit,
+                "decode_fraction_of_limit": one["baseline"]["decode_tokens_per_s"] / limit,
+            }
+            del engine
+            gc.collect()
+            torch.cuda.empty_cache()
+    return result
+
+
+def main(args) -> int:
+    import json
+
+    if args.arch_only:
+        result = arch_only(precisions=args.precisions.split(","), tokens=args.tokens, requests=args.requests,
+                           concurrency=max(args.concurrency))  # fmt: skip
+        for precision in args.precisions.split(","):
+            entry = result[precision]
+            print(f"{precision}: {entry.get('error') or table(entry)}")
+            if "decode_fraction_of_limit" in entry:
+                print(f"  decode at {entry['decode_fraction_of_limit']:.0%} of the bandwidth limit "
+                      f"({entry['decode_limit_tokens_per_s']:.1f} tok/s)")  # fmt: skip
+    else:
+        from .load import load
+
+        engine = load(args.model, args.precision, args.device)
+        result = run(
+            engine, size=args.size, tokens=args.tokens, requests=args.requests, concurrency=args.concurrency
+        )
+        print(table(result))
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"written: {args.json}", file=sys.stderr)
+    return 0
