@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from .jobs import Summary, default_errors_path, expand_inputs, export_csv, run_job
 from .tasks import DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
@@ -34,7 +35,11 @@ def add_parser(commands, model_flags) -> None:
     batch.add_argument("--errors", help="refused / failed inputs (default: OUT.errors.jsonl)")
     batch.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="csv: also write OUT.csv")
     batch.add_argument("--max-new-tokens", type=int, help="answer budget (the task's own by default)")
-    batch.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
+    batch.add_argument(
+        "--concurrency",
+        type=int,
+        help="images in flight; they share batches (default GLMFLASH_MAX_BATCH_SIZE)",
+    )
     batch.add_argument("--retries", type=int, default=3, help="tries again on transient failures (3)")
     batch.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -63,9 +68,10 @@ def run(args, load_engine) -> int:
     paths = expand_inputs(args.inputs, args.files_from)
     if not paths:
         raise InvalidRequestError("No input files: give folders, globs or files (or --files-from).")
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise InvalidRequestError("--concurrency must be 1 or more.")
     engine = load_engine()
+    concurrency = args.concurrency or max(1, engine.settings.max_batch_size)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None if args.no_progress else Progress()
@@ -76,7 +82,7 @@ def run(args, load_engine) -> int:
             paths,
             args.out,
             errors=args.errors,
-            concurrency=args.concurrency,
+            concurrency=concurrency,
             retries=args.retries,
             stop=stop,
             progress=progress,
@@ -89,7 +95,7 @@ def run(args, load_engine) -> int:
     print(summary.line(), file=sys.stderr)
     print(f"results: {args.out}  errors: {args.errors or default_errors_path(args.out)}", file=sys.stderr)
     if args.format == "csv":
-        csv_path = str(args.out).removesuffix(".jsonl") + ".csv"
+        csv_path = Path(args.out).with_suffix(".csv")
         print(f"csv: {csv_path} ({export_csv(args.out, csv_path)} rows)", file=sys.stderr)
     return 130 if summary.interrupted else 0
 

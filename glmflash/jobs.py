@@ -160,6 +160,7 @@ def run_job(
             else:
                 seen.add(ident)
                 yield ident, path, data
+                continue  # reported once its answer is in
             _report(summary, started, progress)
 
     def work(item):

@@ -11,6 +11,7 @@ special tokens out of strings. Every answer is still validated with `jsonschema`
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -114,6 +115,7 @@ def validate_answer(text: str, schema: dict, finish_reason: str, max_new_tokens:
     try:
         value = json.loads(text)
         jsonschema.validate(value, schema)
+        _finite(value)
     except (ValueError, jsonschema.ValidationError) as exc:
         message = exc.message if isinstance(exc, jsonschema.ValidationError) else str(exc)
         raise OutputError(f"The model's answer does not match the requested format: {message}") from None
@@ -125,6 +127,14 @@ THINKING = {  # how the reasoning before the JSON looks, by what the prompt alre
     "model-opens": "<think> THOUGHT </think> ",  # the model writes its own <think>...</think>
     "opened": "THOUGHT </think> ",  # the prompt ends in <think>: reasoning, then </think>
 }
+
+
+def _finite(value) -> None:
+    """JSON has no Infinity: a number too big for a float (1e999) is not passed on."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a number is out of range ({value})")
+    for item in value.values() if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _finite(item)
 
 
 def _grammar(schema: dict, *, thinking: str) -> str:

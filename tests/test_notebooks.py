@@ -41,6 +41,11 @@ EXPECTED = {
         ],
     ),
     "03_widgets_chat.ipynb": (False, False, ["answer:", "history: 4 messages", "finish_reason: cancelled"]),
+    "04_moderation_batch.ipynb": (
+        False,
+        True,
+        ["moderation: finished:", "invoice: finished:", "rerun skipped 3 of 3 images", "moderation.csv:"],
+    ),
     "05_cost_analysis.ipynb": (False, True, ["moves the answer most:"]),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -108,10 +109,10 @@ def test_stop_frees_the_engine_within_a_second(page, engine):
     page.locator("#max-tokens input[type=number]").fill("4096")
     page.locator("#max-tokens input[type=number]").press("Enter")
     ask(page, "Please write a very long answer.")
-    wait_until(lambda: engine._lock.locked(), 30)
+    wait_until(lambda: engine.busy, 30)
     page.wait_for_timeout(300)
     page.locator("#ask button[aria-label=Stop]").click()
-    assert wait_until(lambda: not engine._lock.locked(), 1.0) < 1.0
+    assert wait_until(lambda: not engine.busy, 1.0) < 1.0
 
 
 def test_non_image_upload_shows_a_notice_and_the_page_keeps_working(page, tmp_path):
@@ -195,3 +196,67 @@ def test_follow_up_keeps_the_image_in_context_and_retry_answers_again(page, tmp_
     page.locator("#retry").click()
     wait_for_new_figures(page, second)
     assert image_tokens_in(page.locator("#figures").inner_text()) == image_tokens_in(first)
+
+
+def batch_inputs(tmp_path, colors) -> list:
+    from PIL import Image
+
+    paths = []
+    for i, color in enumerate(colors):
+        path = tmp_path / f"shot{i}.png"
+        Image.new("RGB", (96, 64), color).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_batch(page, files, task="Content moderation"):
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-files input[type=file]").set_input_files([str(f) for f in files])
+    page.wait_for_selector(f"#batch-files td[aria-label='{files[-1].name}']")  # uploaded
+    page.locator("#batch-task").get_by_label(task).check()
+    page.locator("#batch-run").click()
+
+
+def wait_for_status(page, word: str, timeout=120_000) -> str:
+    page.wait_for_function(
+        "word => (document.querySelector('#batch-status')?.innerText || '').includes(word)",
+        arg=word,
+        timeout=timeout,
+    )
+    return page.locator("#batch-status").inner_text()
+
+
+def test_batch_tab_moderates_uploads_and_lists_bad_files(page, tmp_path):
+    from playwright.sync_api import expect
+
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an image")
+    run_batch(page, [*batch_inputs(tmp_path, ["red", "blue"]), bogus])
+    status = wait_for_status(page, "Finished")
+    assert "3 of 3 images" in status and "2 done" in status and "1 failed" in status
+    rows = page.locator("#batch-table [role=row][data-index]")  # Gradio's virtual table: no plain <tr>
+    expect(rows).to_have_count(2)  # the table may render a moment after the status line
+    for i in range(2):
+        cells = rows.nth(i).inner_text()
+        assert "shot" in cells and any(verdict in cells.split() for verdict in ("allow", "review", "block"))
+    expect(page.locator("#batch-errors")).to_contain_text("notes.txt")
+    expect(page.locator("#batch-errors")).to_contain_text("Unsupported or unreadable image")
+    href = page.locator("#batch-downloads a[download='moderation.jsonl']").get_attribute("href")
+    records = [json.loads(line) for line in page.request.get(href).text().splitlines()]
+    assert len(records) == 2 and {r["result"]["verdict"] for r in records} <= {"allow", "review", "block"}
+    assert page.locator("#batch-downloads a[download='moderation.csv']").count() == 1
+    page.screenshot(path=str(tmp_path / "batch.png"), full_page=True)
+
+
+def test_batch_stop_ends_the_run_and_frees_the_engine(page, engine, tmp_path):
+    from playwright.sync_api import expect
+
+    colors = ["red", "green", "blue", "yellow", "purple", "orange", "gray", "white"]
+    run_batch(page, batch_inputs(tmp_path, colors), task="Invoice fields")
+    wait_until(lambda: engine.busy, 60)
+    assert "of 8 images" in wait_for_status(page, "Running", timeout=10_000)  # live progress
+    page.locator("#batch-stop").click()
+    assert wait_until(lambda: not engine.busy, 2.0) < 2.0
+    status = wait_for_status(page, "Stopped", timeout=10_000)
+    assert "of 8 images" in status
+    expect(page.locator("#batch-run")).to_be_enabled()

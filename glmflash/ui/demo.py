@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..errors import GlmflashError, ImageError
 from ..images import ImagePolicy
+from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
@@ -133,6 +134,8 @@ def build_demo(engine, settings) -> gr.Blocks:
             )  # fmt: skip
         with gr.Tab(t["cost_tab"], elem_id="cost-tab"):
             cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.lang)
+        with gr.Tab(t["batch_tab"], elem_id="batch-tab"):
+            build_batch_tab(engine, settings)
         history = gr.State([])
         last_input = gr.State(None)
         with gr.Row(visible=False):

@@ -30,6 +30,33 @@ LABELS = {
         "gpu": " · peak GPU memory {gib:.1f} GiB",
         "examples": "Examples (click one)",
         "stopped": "stopped",
+        "batch_tab": "Batch",
+        "batch_intro": (
+            "Run one task over many images; every answer is JSON in the task's fixed shape. Download the "
+            "results as JSON lines or CSV. For big folders use the command line (resumable): "
+            "`python -m glmflash batch folder/ --task moderation --out results.jsonl`"
+        ),
+        "batch_files": "Images",
+        "batch_task": "Task",
+        "batch_moderation": "Content moderation",
+        "batch_invoice": "Invoice fields",
+        "batch_language": "Language of explanations",
+        "batch_run": "Run",
+        "batch_stop": "Stop",
+        "batch_file": "file",
+        "batch_seconds": "seconds",
+        "batch_error": "error",
+        "batch_errors": "Not processed",
+        "batch_downloads": "Download",
+        "batch_no_files": "Add some images first.",
+        "batch_status": (
+            "**{state}**: {handled} of {total} images · {done} done · {failed} failed{duplicates} · "
+            "{elapsed:.1f} s · {rate:.2f} images/s"
+        ),
+        "batch_duplicates": " · {n} duplicate(s) skipped",
+        "batch_running": "Running",
+        "batch_finished": "Finished",
+        "batch_interrupted": "Stopped",
     },
     "zh": {
         "title": "GLM-4.6V-Flash 图像问答",
@@ -60,6 +87,33 @@ LABELS = {
         "gpu": " · GPU 显存峰值 {gib:.1f} GiB",
         "examples": "示例（点击试用）",
         "stopped": "已停止",
+        "batch_tab": "批量处理",
+        "batch_intro": (
+            "对多张图片执行同一个任务，每个回答都是该任务固定格式的 JSON。结果可下载为 JSON Lines 或 CSV。"
+            "大批量图片请用命令行（可断点续跑）："
+            "`python -m glmflash batch folder/ --task moderation --out results.jsonl`"
+        ),
+        "batch_files": "图片",
+        "batch_task": "任务",
+        "batch_moderation": "内容审核",
+        "batch_invoice": "发票字段提取",
+        "batch_language": "说明文字的语言",
+        "batch_run": "运行",
+        "batch_stop": "停止",
+        "batch_file": "文件",
+        "batch_seconds": "秒",
+        "batch_error": "错误",
+        "batch_errors": "未处理的文件",
+        "batch_downloads": "下载",
+        "batch_no_files": "请先添加图片。",
+        "batch_status": (
+            "**{state}**：{handled}/{total} 张图片 · 完成 {done} · 失败 {failed}{duplicates} · "
+            "{elapsed:.1f} 秒 · {rate:.2f} 张/秒"
+        ),
+        "batch_duplicates": " · 跳过 {n} 张重复图片",
+        "batch_running": "运行中",
+        "batch_finished": "已完成",
+        "batch_interrupted": "已停止",
     },
 }
 
