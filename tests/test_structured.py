@@ -164,7 +164,7 @@ def test_tasks_load_presets_files_and_languages(tmp_path):
 
 class Verdict(pydantic.BaseModel):
     verdict: Literal["allow", "review", "block"]
-    confidence: float
+    confidence: float = pydantic.Field(ge=0, le=1)  # bounded: random weights write huge numbers
 
 
 def test_the_api_returns_schema_json_to_the_openai_client(engine, image):
