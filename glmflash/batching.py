@@ -1,8 +1,8 @@
 """Dynamic batching: concurrent requests share one batched `model.generate`.
 
-One worker thread takes the oldest waiting request, waits up to `max_wait_s` for the other
-requests already in the engine (those with the same sampling settings join, at most
-`max_batch_size`), left-pads them into one batch and generates.
+One worker thread takes the oldest waiting request, waits up to `max_wait_s` for requests that
+are already on their way (still decoding their images; those with the same sampling settings
+join, at most `max_batch_size`), left-pads them into one batch and generates.
 Each row streams its tokens to its own caller as they are made and ends on its own (its stop
 token, its own max_new_tokens, its cancel): a finished or cancelled row returns at once while the
 batch goes on for the others. Under greedy decoding every row gets the tokens it would get alone.
@@ -64,7 +64,7 @@ class Batcher:
         self, model, stop_ids, pad_id: int, *, max_batch_size: int, max_wait_s: float, constraints, callers
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
-        self.callers = callers  # () -> requests now inside the engine: more than are here means wait
+        self.callers = callers  # () -> requests called but not yet queued here: worth waiting for
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
         self.constraints = constraints  # () -> structured.Constraints, made on first use
         self.waiting: deque[_Row] = deque()
@@ -72,6 +72,7 @@ class Batcher:
         self.sizes: list[int] = []  # every batch's size, oldest first (for tests and /metrics)
         self.waits: list[float] = []  # how long each batch's first row waited for company
         self._closed = False
+        self._last_size = 1
         self.generating = False
         self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
         self._thread.start()
@@ -138,14 +139,15 @@ class Batcher:
             rows, started = [first], time.monotonic()
             while len(rows) < self.max_batch_size:
                 rows += self._take(first.key, self.max_batch_size - len(rows))
-                # Wait only for requests that exist (still preparing their images): a lone
-                # request starts at once.
-                expected = min(self.max_batch_size, self.callers())
+                # Wait for requests on their way (decoding images) and, while traffic is steady,
+                # for as many as came last time; a lone request on an idle engine starts at once.
+                expected = min(self.max_batch_size, max(len(rows) + self.callers(), self._last_size))
                 left = started + self.max_wait_s - time.monotonic()
                 if len(rows) >= expected or left <= 0:
                     break
                 self.ready.wait(left)
         self.waits.append(time.monotonic() - started)
+        self._last_size = len(rows)
         return rows
 
     def _take(self, key, room: int) -> list[_Row]:

@@ -49,7 +49,7 @@ class Settings:
     allowed_ips: tuple[str, ...] = ()  # client CIDRs; empty = everyone
     max_body_bytes: int = 60_000_000  # whole request body (413 above, before it is read)
     max_batch_size: int = 8  # concurrent requests generated together (1: one at a time)
-    batch_wait_ms: float = 10.0  # how long a request waits for others to share its batch
+    batch_wait_ms: float = 30.0  # the most a batch waits for requests on their way (busy times only)
     max_queue: int = 16  # requests waiting for the engine (503 with Retry-After above)
     request_timeout: float = 300.0  # seconds a request may take in all (504 after)
     drain_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -45,7 +46,7 @@ class Engine:
         self._json_lock = threading.Lock()
         self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
         self._batch: Batcher | None = None
-        self._active = 0  # requests between preparing their inputs and their last token
+        self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         config = model.generation_config
         eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
@@ -147,6 +148,17 @@ class Engine:
     def _start(self, messages, stop_event, image_policy, gen, tokens_fn) -> Iterator[Chunk]:
         """Validate and render now, so bad input raises at the call; generate when iterated."""
         started = time.perf_counter()
+        ticket = _Ticket(self)  # on its way: the batcher waits for it
+        try:
+            prepared = self._prepare_request(messages, image_policy, gen)
+        except BaseException:
+            ticket.release()
+            raise
+        chunks = self._run(ticket, *prepared, stop_event or threading.Event(), started, tokens_fn)
+        weakref.finalize(chunks, ticket.release)  # a stream never read still leaves
+        return chunks
+
+    def _prepare_request(self, messages, image_policy, gen):
         schema = requested_schema(gen.pop("response_format", None))
         options = GenerationOptions.build(
             default_max_new_tokens=self.settings.max_new_tokens,
@@ -159,10 +171,7 @@ class Engine:
             opened = prompt.rstrip().endswith(THINK_OPEN)
             thinking = "off" if not options.thinking else "opened" if opened else "model-opens"
             template = self._constraints().compile(schema, thinking=thinking)
-        structured = (schema, template)
-        return self._run(
-            prompt, images, options, stop_event or threading.Event(), started, tokens_fn, structured
-        )
+        return prompt, images, options, (schema, template)
 
     def _constraints(self) -> Constraints:
         with self._json_lock:
@@ -195,17 +204,15 @@ class Engine:
                 )
             return self._batch
 
-    def _run(self, *args) -> Iterator[Chunk]:
-        """Counted while it runs: the batcher waits for requests that are still preparing."""
-        with self._json_lock:
-            self._active += 1
+    def _run(self, ticket, *args) -> Iterator[Chunk]:
         try:
-            yield from self._chunks(*args)
+            yield from self._chunks(ticket, *args)
         finally:
-            with self._json_lock:
-                self._active -= 1
+            ticket.release()
 
-    def _chunks(self, prompt, images, options, stop, started, tokens_fn, structured) -> Iterator[Chunk]:
+    def _chunks(
+        self, ticket, prompt, images, options, structured, stop, started, tokens_fn
+    ) -> Iterator[Chunk]:
         schema, template = structured
         processors = [JsonLogitsProcessor([template], self._json)] if template is not None else []
         answer: list[str] = []
@@ -237,7 +244,9 @@ class Engine:
             last_token = None
             try:
                 if batcher:  # shares a batched generation with concurrent requests
-                    tokens = batcher.tokens(make_inputs(), config, options.seed, stop, template)
+                    inputs = make_inputs()
+                    ticket.release()  # ready: the batcher no longer waits for this one
+                    tokens = batcher.tokens(inputs, config, options.seed, stop, template)
                 else:
                     tokens = tokens_fn(self.model, make_inputs, config, stop, processors)
                 for token, last in tokens:
@@ -285,6 +294,21 @@ class Engine:
             timings=Timings((first or end) - started, rate, end - started),
             parsed=parsed,
         )
+
+
+class _Ticket:
+    """Counts one request as on its way to the batcher (called, not yet queued), once."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self.held = engine, True
+        with engine._json_lock:
+            engine._active += 1
+
+    def release(self) -> None:
+        with self.engine._json_lock:
+            if self.held:
+                self.held = False
+                self.engine._active -= 1
 
 
 _MARKERS = {"<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>"}
