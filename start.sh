@@ -125,19 +125,7 @@ if [ "$mode" = check ]; then
   exec "$py" -m glmflash "${args[@]}"
 fi
 
-port_free() {
-  "$py" - "$1" "$2" <<'EOF'
-import socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-family = socket.AF_INET6 if ":" in host else socket.AF_INET
-with socket.socket(family) as s:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind((host, port))
-    except OSError as exc:
-        sys.exit(f"start.sh: cannot listen on {host}:{port}: {exc.strerror} (choose another port)")
-EOF
-}
+port_free() { "$py" "$root/glmflash/ports.py" "$1" "$2"; }
 port_free "$host" "$port" || exit 2
 if [ "$jupyter" = 1 ]; then
   port_free "$host" "$jport" || exit 2

@@ -23,6 +23,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .generate import drain
+
 _END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
 SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
@@ -99,7 +101,7 @@ class Batcher:
             self.ready.notify()
         try:
             while True:
-                for item in _drain(row.tokens):
+                for item in drain(row.tokens, _END):
                     if item is _END:
                         return
                     if isinstance(item, BaseException):
@@ -211,16 +213,6 @@ def _collate(inputs: list[dict], pad_id: int) -> dict:
         if parts:
             batch[name] = torch.cat(parts)
     return batch
-
-
-def _drain(tokens: queue.SimpleQueue) -> list:
-    items = [tokens.get()]
-    while items[-1] is not _END:
-        try:
-            items.append(tokens.get_nowait())
-        except queue.Empty:
-            break
-    return items
 
 
 class _Fanout(BaseStreamer):

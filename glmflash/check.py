@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +140,9 @@ def _model(settings: Settings) -> Finding:
 
 
 def _port(host: str, port: int, what: str) -> Finding:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            return Finding("fail", f"port {port}", f"{what}: cannot listen on {host}:{port} ({exc.strerror})")
+    from .ports import cannot_listen
+
+    reason = cannot_listen(host, port)
+    if reason:
+        return Finding("fail", f"port {port}", f"{what}: cannot listen on {host}:{port} ({reason})")
     return Finding("ok", f"port {port}", f"{what}: {host}:{port} is free")

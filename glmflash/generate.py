@@ -100,7 +100,7 @@ def stream_tokens(model, make_inputs, config, stop: threading.Event, processors=
     try:
         finished = False
         while not finished:
-            for item in _drain(tokens):
+            for item in drain(tokens, _END):
                 if item is _END:
                     finished = True
                     break
@@ -116,9 +116,10 @@ def stream_tokens(model, make_inputs, config, stop: threading.Event, processors=
         raise failure[0]
 
 
-def _drain(tokens: queue.SimpleQueue) -> list:
+def drain(tokens: queue.SimpleQueue, end) -> list:
+    """Block for one item, then take whatever else is there, stopping after `end`."""
     items = [tokens.get()]
-    while items[-1] is not _END:
+    while items[-1] is not end:
         try:
             items.append(tokens.get_nowait())
         except queue.Empty:
