@@ -106,9 +106,14 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
 def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]) -> dict:
     reset_peak_memory(engine.info.device)
     warm = workload(2, size)
-    baseline(engine, warm[:1], tokens)  # warm-up both paths
+    local = hasattr(engine, "model")  # a RemoteEngine has no model here: its own 1-by-1 is the baseline
+    if local:
+        baseline(engine, warm[:1], tokens)  # warm-up both paths
     through_engine(engine, warm, tokens, 2)
-    base = baseline(engine, workload(requests, size), tokens)
+    if local:
+        base = baseline(engine, workload(requests, size), tokens)
+    else:
+        base = through_engine(engine, workload(requests, size), tokens, 1)
     levels = []
     for n in concurrency:
         level = through_engine(engine, workload(max(requests, n * 2), size), tokens, n)

@@ -25,6 +25,8 @@ class Settings:
     """Runtime configuration. Each field maps to GLMFLASH_<FIELD NAME IN CAPITALS>."""
 
     model: str = "auto"  # "auto", a hub id, a local folder, or "tiny"
+    backend_url: str = ""  # an OpenAI-compatible /v1 URL (vLLM, SGLang, glmflash): use it, load nothing
+    backend_api_key: str = ""  # the key that backend wants
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 | int8 | int4
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_new_tokens: int = 4096  # default answer budget (reasoning included)

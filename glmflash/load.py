@@ -258,7 +258,9 @@ def load_model(checkpoint: Checkpoint, placement: Placement):
 def load(model: str | None = None, precision: str | None = None, device: str | None = None, **options):
     """Load GLM-4.6V-Flash (or the tiny demo model) and return a ready `Engine`.
 
-    `model`: "auto" (default), a hub id, a local folder, or "tiny". `precision`: auto, bf16, fp16,
+    `model`: "auto" (default), a hub id, a local folder, "tiny", or the http(s) URL of an
+    OpenAI-compatible backend (`api_key=`; also GLMFLASH_BACKEND_URL), which returns a
+    RemoteEngine with the same contract. `precision`: auto, bf16, fp16,
     fp32, int8, int4. `device`: auto, cpu, cuda, cuda:N. Unset arguments come from GLMFLASH_*
     variables; `options` are further Settings fields (max_image_pixels, max_new_tokens, ...), or
     `settings=` a whole Settings.
@@ -267,6 +269,15 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     from .engine import Engine
 
     base = options.pop("settings", None) or Settings.from_env()
+    api_key = options.pop("api_key", None)
+    url = model if model and model.startswith(("http://", "https://")) else None
+    if url or (model is None and base.backend_url):
+        from .remote import RemoteEngine
+
+        settings = _replace(base, {k: v for k, v in options.items() if v is not None})
+        return RemoteEngine(
+            url or base.backend_url, api_key=api_key or base.backend_api_key or None, settings=settings
+        )
     unknown = set(options) - set(Settings.__dataclass_fields__)
     if unknown:
         raise TypeError(f"load() got unknown options: {', '.join(sorted(unknown))}")

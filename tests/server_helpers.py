@@ -28,9 +28,9 @@ def engine_with(engine: Engine, **settings) -> Engine:
 
 
 @contextlib.contextmanager
-def running_server(engine: Engine, **settings):
+def running_server(engine: Engine, app=None, **settings):
     settings = Settings(**settings)
-    app = create_app(engine, settings)
+    app = app or create_app(engine, settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

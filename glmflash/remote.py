@@ -1,0 +1,307 @@
+"""RemoteEngine: the Engine contract (`stream`, `chat`, `ask`, `info`, `settings`) over any
+OpenAI-compatible endpoint: vLLM, SGLang, or another glmflash server.
+
+Images are decoded and downscaled here under the same guards as locally, then sent as base64
+PNG data URLs (lossless). Reasoning (`reasoning_content`, or vLLM's `reasoning`), usage, finish reasons
+all map back to Chunks; thinking on/off travels as `chat_template_kwargs.enable_thinking`;
+`response_format` passes through and the answer is validated here too. 429, 503 and connection
+failures are retried with backoff before the first token (4xx answers are not); setting the
+stop event or closing the stream closes the connection, which stops the backend's generation.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import httpx
+
+from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
+from .config import Settings
+from .errors import GlmflashError, ImageError, InvalidRequestError
+from .images import ImagePolicy, load_image
+from .messages import to_conversation
+from .options import GenerationOptions
+from .structured import OutputError, requested_schema, validate_answer
+
+RETRY_STATUS = (429, 502, 503)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in our logs
+
+
+class BackendError(GlmflashError):
+    status = 503
+    code = "backend_unavailable"
+
+
+class RemoteEngine:
+    """Talks to `base_url` (ending in /v1). Build one with `glmflash.load("http://host:8000/v1")`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        settings: Settings | None = None,
+        timeout: float = 300.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings or Settings.from_env()
+        self.image_policy = ImagePolicy.from_settings(self.settings)
+        self.retries, self.backoff_s = retries, backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
+        self._inflight = 0
+        self.model_name = model or self._first_model()
+        self.info = EngineInfo(
+            model_id=self.model_name,
+            source=self.base_url,
+            precision="remote",
+            device="remote",
+            dtype="",
+            parameters=0,
+            memory_bytes=0,
+            max_image_pixels=self.settings.max_image_pixels,
+            demo_model=False,
+            placement_reason=f"OpenAI-compatible backend at {self.base_url}",
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight > 0
+
+    def stream(
+        self,
+        messages: Sequence[dict],
+        *,
+        stop_event: threading.Event | None = None,
+        image_policy: ImagePolicy | None = None,
+        **gen,
+    ) -> Iterator[Chunk]:
+        """Check and encode now (errors raise here); stream chunks as the backend sends them."""
+        response_format = gen.pop("response_format", None)
+        schema = requested_schema(response_format)
+        options = GenerationOptions.build(
+            default_max_new_tokens=self.settings.max_new_tokens,
+            max_new_tokens_limit=self.settings.max_new_tokens_limit,
+            **gen,
+        )
+        body = self._body(messages, options, response_format, image_policy or self.image_policy)
+        return self._stream(body, schema, options, stop_event or threading.Event())
+
+    def chat(self, messages: Sequence[dict], **kwargs) -> Reply:
+        """The whole reply: the same chunks as `stream`, collected."""
+        return Reply.collect(self.stream(messages, **kwargs))
+
+    def ask(self, image, question: str, **gen) -> Reply:
+        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+        content = [{"type": "image", "image": item} for item in images]
+        content.append({"type": "text", "text": question})
+        return self.chat([{"role": "user", "content": content}], **gen)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _first_model(self) -> str:
+        response = self._send("GET", "/models", None, threading.Event())
+        try:
+            response.read()
+            models = response.json().get("data") or []
+        finally:
+            response.close()
+        if not models:
+            raise BackendError(f"{self.base_url}/models lists no model: pass model=... explicitly.")
+        return models[0]["id"]
+
+    def _body(self, messages, options: GenerationOptions, response_format, policy: ImagePolicy) -> dict:
+        conversation, images = to_conversation(
+            messages, load_image=lambda s: load_image(s, policy), max_images=self.settings.max_images
+        )
+        pictures = iter(images)
+        for message in conversation:
+            message["content"] = [
+                {"type": "image_url", "image_url": {"url": _data_url(next(pictures))}}
+                if part["type"] == "image"
+                else part
+                for part in message["content"]
+            ]
+        body = {
+            "model": self.model_name,
+            "messages": conversation,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": options.max_new_tokens,
+            "chat_template_kwargs": {"enable_thinking": options.thinking},
+        }
+        extras = {
+            "min_tokens": options.min_new_tokens,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "top_k": options.top_k,
+            "repetition_penalty": options.repetition_penalty,
+            "seed": options.seed,
+            "response_format": response_format,
+        }
+        body.update({k: v for k, v in extras.items() if v is not None})
+        return body
+
+    def _send(self, method: str, path: str, body, stop: threading.Event) -> httpx.Response:
+        """A response with a 2xx status, its body not read yet; retries what is worth retrying."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                request = self._client.build_request(method, self.base_url + path, json=body)
+                response = self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if last or stop.is_set():
+                    raise BackendError(f"Cannot reach the backend at {self.base_url}: {exc}") from None
+            else:
+                if response.status_code < 400:
+                    return response
+                response.read()
+                response.close()
+                if response.status_code not in RETRY_STATUS or last or stop.is_set():
+                    raise _error(response)
+            if stop.wait(self.backoff_s * 2**attempt):
+                break
+        raise BackendError("Cancelled while waiting to retry.", code="cancelled")
+
+    def _stream(self, body, schema, options, stop: threading.Event) -> Iterator[Chunk]:
+        started = time.perf_counter()
+        self._inflight += 1
+        try:
+            response = self._send("POST", "/chat/completions", body, stop)
+            done = threading.Event()
+            watcher = threading.Thread(target=_close_on_stop, args=(stop, done, response), daemon=True)
+            watcher.start()
+            answer, first, count, finish, usage = [], None, 0, None, None
+            try:
+                for event in _events(response):
+                    if "error" in event:
+                        raise _error_from(event["error"], 500)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        thought = delta.get("reasoning_content") or delta.get("reasoning")
+                        for text, reasoning in ((thought, True), (delta.get("content"), False)):
+                            if text:
+                                first = first or time.perf_counter()
+                                count += 1
+                                if not reasoning:
+                                    answer.append(text)
+                                yield Chunk(text, reasoning)
+                        finish = choice.get("finish_reason") or finish
+            except (httpx.TransportError, httpx.StreamError):
+                if not stop.is_set():
+                    raise BackendError(
+                        "The backend closed the stream before the answer was complete."
+                    ) from None
+            finally:
+                done.set()
+                response.close()
+            if stop.is_set() and finish is None:
+                finish = "cancelled"
+            end = time.perf_counter()
+            parsed = None
+            if schema is not None and finish != "cancelled":
+                parsed = validate_answer(
+                    "".join(answer).strip(), schema, finish or "stop", options.max_new_tokens
+                )
+            yield Chunk(
+                finish_reason=finish or "stop",
+                usage=_usage(usage),
+                timings=Timings(
+                    (first or end) - started,
+                    count / (end - first) if first and end > first else 0.0,
+                    end - started,
+                ),
+                parsed=parsed,
+            )
+        finally:
+            self._inflight -= 1
+
+
+def _events(response: httpx.Response) -> Iterator[dict]:
+    for line in _lines(response):
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except ValueError:
+            raise BackendError(f"The backend sent an event that is not JSON: {data[:100]!r}") from None
+
+
+def _lines(response: httpx.Response) -> Iterator[str]:
+    """SSE lines, split on newlines only: the JSON may hold U+2028 or U+0085, which
+    str.splitlines (and so httpx's iter_lines) would take for line ends."""
+    pending = b""
+    for data in response.iter_bytes():
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def _close_on_stop(stop: threading.Event, done: threading.Event, response: httpx.Response) -> None:
+    while not done.wait(0.05):
+        if stop.is_set():
+            response.close()  # the backend sees the disconnect and stops generating
+            return
+
+
+def _usage(usage: dict | None) -> Usage:
+    usage = usage or {}
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    return Usage(
+        int(usage.get("prompt_tokens") or 0),
+        int(prompt.get("image_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        int(completion.get("reasoning_tokens") or 0),
+    )
+
+
+def _data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # lossless: the backend sees the very pixels we checked
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _error(response: httpx.Response) -> GlmflashError:
+    try:
+        detail = response.json().get("error") or {}
+    except ValueError:
+        detail = {"message": response.text[:300]}
+    if not isinstance(detail, dict):
+        detail = {"message": str(detail)}
+    return _error_from(detail, response.status_code)
+
+
+def _error_from(detail: dict, status: int) -> GlmflashError:
+    message = f"The backend refused the request ({status}): {detail.get('message') or 'no reason given'}"
+    param, code = detail.get("param"), detail.get("code")
+    if status == 422 or code == "invalid_output":
+        return OutputError(message, param=param)
+    if code == "invalid_image":
+        return ImageError(message, param=param)
+    if status in (400, 404, 413):
+        return InvalidRequestError(message, param=param, code=code)
+    error = GlmflashError(message, param=param, code=code or ("timeout" if status == 504 else None))
+    error.status = status if status in (401, 403, 503, 504) else 502
+    if status in RETRY_STATUS:
+        error.code = "server_busy"
+    return error
