@@ -5,12 +5,16 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 scripts/venv.sh requirements-dev.txt
-if ! command -v chromium >/dev/null; then
+# Debian packages the tests drive: chromium (the page, through Playwright) and nginx (deploy/).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's chromium for the browser tests" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "installing Debian's ${missing[*]} for the browser and deployment tests" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "chromium is not installed: the browser tests will be skipped (apt-get install chromium)" >&2
+    echo "${missing[*]} not installed: their tests will be skipped (apt-get install ${missing[*]})" >&2
   fi
 fi
 .venv/bin/ruff check .

@@ -112,7 +112,10 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
                 handed_over = True
                 stream = _sse(call, first, body, state, record)
                 return StreamingResponse(
-                    stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+                    stream,
+                    media_type="text/event-stream",
+                    # any nginx in front passes tokens on at once, even one without our config
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
             reply = first
             if reply.finish_reason == "cancelled":  # only our deadline (or a gone client) cancels
