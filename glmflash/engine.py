@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from .generate import Detokenizer, run_tokens, stream_tokens
 from .images import ImagePolicy, load_image
-from .messages import to_conversation
+from .messages import ask_messages, to_conversation
 from .options import GenerationOptions
 from .structured import Constraints, JsonLogitsProcessor, requested_schema, validate_answer
 from .thinking import THINK_OPEN, ThinkingSplitter
@@ -91,10 +91,7 @@ class Engine:
 
     def ask(self, image, question: str, **gen) -> Reply:
         """One question about one image (or a list of images, or None)."""
-        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
-        content = [{"type": "image", "image": item} for item in images]
-        content.append({"type": "text", "text": question})
-        return self.chat([{"role": "user", "content": content}], **gen)
+        return self.chat(ask_messages(image, question), **gen)
 
     def render_prompt(self, messages: Sequence[dict], *, thinking: bool = True) -> str:
         """The exact prompt text the model will see (images as placeholders)."""

@@ -124,3 +124,11 @@ def neutralize(text: str, control_tokens: Sequence[str]) -> str:
         if token in text:
             text = text.replace(token, token[0] + ZERO_WIDTH_SPACE + token[1:])
     return text
+
+
+def ask_messages(image, question: str) -> list[dict]:
+    """One user turn: an image (or a list of them, or None), then the question."""
+    images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+    content = [{"type": "image", "image": item} for item in images]
+    content.append({"type": "text", "text": question})
+    return [{"role": "user", "content": content}]

@@ -25,7 +25,7 @@ from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
 from .config import Settings
 from .errors import GlmflashError, ImageError, InvalidRequestError
 from .images import ImagePolicy, load_image
-from .messages import to_conversation
+from .messages import ask_messages, to_conversation
 from .options import GenerationOptions
 from .structured import OutputError, requested_schema, validate_answer
 
@@ -101,10 +101,8 @@ class RemoteEngine:
         return Reply.collect(self.stream(messages, **kwargs))
 
     def ask(self, image, question: str, **gen) -> Reply:
-        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
-        content = [{"type": "image", "image": item} for item in images]
-        content.append({"type": "text", "text": question})
-        return self.chat([{"role": "user", "content": content}], **gen)
+        """One question about one image (or a list of images, or None)."""
+        return self.chat(ask_messages(image, question), **gen)
 
     def close(self) -> None:
         self._client.close()
