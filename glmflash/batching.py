@@ -27,6 +27,7 @@ from .generate import drain
 
 _END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
+HISTORY = 1000  # batch sizes and waits kept for tests and inspection
 SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
 
@@ -71,8 +72,8 @@ class Batcher:
         self.constraints = constraints  # () -> structured.Constraints, made on first use
         self.waiting: deque[_Row] = deque()
         self.ready = threading.Condition()
-        self.sizes: list[int] = []  # every batch's size, oldest first (for tests and /metrics)
-        self.waits: list[float] = []  # how long each batch's first row waited for company
+        self.sizes: list[int] = []  # recent batches' sizes, oldest first (HISTORY at most)
+        self.waits: list[float] = []  # how long each of those waited for company
         self._closed = False
         self._last_size = 1
         self.generating = False
@@ -148,7 +149,7 @@ class Batcher:
                 if len(rows) >= expected or left <= 0:
                     break
                 self.ready.wait(left)
-        self.waits.append(time.monotonic() - started)
+        _remember(self.waits, time.monotonic() - started)
         self._last_size = len(rows)
         return rows
 
@@ -162,7 +163,7 @@ class Batcher:
         rows = [row for row in rows if not row.finished()]  # cancelled while waiting: no prefill
         if not rows:
             return
-        self.sizes.append(len(rows))
+        _remember(self.sizes, len(rows))
         config = _batch_config(rows)
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
@@ -184,6 +185,13 @@ class Batcher:
                 )
         finally:
             self.generating = False
+
+
+def _remember(history: list, value) -> None:
+    """Append, keeping only the newest HISTORY values: a server runs for months."""
+    history.append(value)
+    if len(history) > HISTORY:
+        del history[: len(history) - HISTORY]
 
 
 def _batch_config(rows: list[_Row]):

@@ -43,7 +43,7 @@ class Engine:
         self.settings = settings
         self.image_policy = ImagePolicy.from_settings(settings)
         self._lock = threading.Lock()
-        self._json_lock = threading.Lock()
+        self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
         self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
         self._batch: Batcher | None = None
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
@@ -171,7 +171,7 @@ class Engine:
         return prompt, images, options, (schema, template)
 
     def _constraints(self) -> Constraints:
-        with self._json_lock:
+        with self._setup_lock:
             if self._json is None:  # wrapping the tokenizer takes up to a second: only when first asked
                 vocab = self.model.get_output_embeddings().weight.shape[0]
                 self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
@@ -186,7 +186,7 @@ class Engine:
         """The dynamic batcher (settings.max_batch_size > 1), started on first use."""
         if self.settings.max_batch_size <= 1:
             return None
-        with self._json_lock:
+        with self._setup_lock:
             if self._batch is None:
                 self._batch = Batcher(
                     self.model,
@@ -298,11 +298,11 @@ class _Ticket:
 
     def __init__(self, engine: Engine):
         self.engine, self.held = engine, True
-        with engine._json_lock:
+        with engine._setup_lock:
             engine._active += 1
 
     def release(self) -> None:
-        with self.engine._json_lock:
+        with self.engine._setup_lock:
             if self.held:
                 self.held = False
                 self.engine._active -= 1

@@ -59,6 +59,7 @@ class RemoteEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
         self._inflight = 0
+        self._count_lock = threading.Lock()
         self.model_name = model or self._first_model()
         self.info = EngineInfo(
             model_id=self.model_name,
@@ -175,7 +176,8 @@ class RemoteEngine:
 
     def _stream(self, body, schema, options, stop: threading.Event) -> Iterator[Chunk]:
         started = time.perf_counter()
-        self._inflight += 1
+        with self._count_lock:
+            self._inflight += 1
         try:
             response = self._send("POST", "/chat/completions", body, stop)
             done = threading.Event()
@@ -225,7 +227,8 @@ class RemoteEngine:
                 parsed=parsed,
             )
         finally:
-            self._inflight -= 1
+            with self._count_lock:
+                self._inflight -= 1
 
 
 def _events(response: httpx.Response) -> Iterator[dict]:

@@ -226,3 +226,18 @@ def test_cli_refuses_bad_arguments_before_loading(tmp_path, cache_dir, schema_fi
             text=True,
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_line_shows_counts_rate_and_eta():
+    import io
+
+    from glmflash.batch import Progress
+    from glmflash.jobs import Summary
+
+    stream = io.StringIO()  # not a terminal: one line per report, at most every 10 s
+    progress = Progress(stream)
+    progress(Summary(total=100, done=20, skipped=5, duplicates=1, failed=2, seconds=10.0))
+    progress(Summary(total=100, done=21, seconds=10.5))  # within 10 s: not printed again
+    (line,) = stream.getvalue().splitlines()
+    assert "28/100" in line and "done 20" in line and "skipped 6" in line and "failed 2" in line
+    assert "2.00 img/s" in line and "ETA 0m36s" in line
