@@ -23,6 +23,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .decoding import cache_tokens, is_compiled
 from .generate import drain
 
 _END = object()
@@ -165,6 +166,12 @@ class Batcher:
             return
         _remember(self.sizes, len(rows))
         config = _batch_config(rows)
+        inputs = _collate([row.inputs for row in rows], self.pad_id)
+        if is_compiled(config):  # a static cache: round its length up to a bucket (fewer compilations)
+            width = inputs["input_ids"].shape[1]
+            limit = self.model.config.get_text_config().max_position_embeddings
+            # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
+            config.max_new_tokens = cache_tokens(width + config.max_new_tokens - 1, limit) - width + 1
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
@@ -177,7 +184,7 @@ class Batcher:
         try:
             with torch.inference_mode():
                 self.model.generate(
-                    **_collate([row.inputs for row in rows], self.pad_id),
+                    **inputs,
                     generation_config=config,
                     streamer=_Fanout(rows, self.stop_ids),
                     logits_processor=LogitsProcessorList(processors),

@@ -116,6 +116,8 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         base = through_engine(engine, workload(requests, size), tokens, 1)
     levels = []
     for n in concurrency:
+        if getattr(engine.settings, "compile", False):  # each new batch shape compiles first: not timed
+            through_engine(engine, workload(n, size), tokens, n)
         level = through_engine(engine, workload(max(requests, n * 2), size), tokens, n)
         level["images_per_s_ratio"] = level["images_per_s"] / base["images_per_s"]
         level["ttft_ratio"] = level["ttft_s"] / base["ttft_s"]
@@ -127,6 +129,8 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "device_name": device_name(engine.info.device),
         "precision": engine.info.precision,
         "max_batch_size": engine.settings.max_batch_size,
+        "compiled": bool(getattr(engine.settings, "compile", False)),
+        "quantizer": getattr(engine.settings, "quantizer", ""),
         "workload": {
             "image": f"{size}x{size}",
             "question": QUESTION,
@@ -146,8 +150,8 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
 def table(result: dict) -> str:
     b, w = result["baseline"], result["workload"]
     lines = [
-        f"{result['model']} {result['precision']} on {result['device_name']}; {w['image']} image, "
-        f"{w['answer_tokens']} answer tokens, max batch {result['max_batch_size']}",
+        f"{result['model']} {result['precision']}{_how(result)} on {result['device_name']}; "
+        f"{w['image']} image, {w['answer_tokens']} answer tokens, max batch {result['max_batch_size']}",
         f"{'':>22}{'TTFT ms':>10}{'decode tok/s':>14}{'images/s':>10}{'x baseline':>12}",
         f"{'model.generate, 1 by 1':>22}{b['ttft_s'] * 1000:>10.1f}{b['decode_tokens_per_s']:>14.1f}"
         f"{b['images_per_s']:>10.2f}{1:>12.2f}",
@@ -157,6 +161,14 @@ def table(result: dict) -> str:
                      f"{lv['decode_tokens_per_s']:>14.1f}{lv['images_per_s']:>10.2f}{lv['images_per_s_ratio']:>12.2f}")  # fmt: skip  # noqa: E501
     lines.append(f"peak memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB ({result['peak_memory_kind']})")
     return "\n".join(lines)
+
+
+def _how(result: dict) -> str:
+    """ " (torchao, compiled)": how the engine ran, when not plain."""
+    parts = [result["quantizer"]] if result["precision"] in ("int8", "int4") else []
+    if result.get("compiled"):
+        parts.append("compiled")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def device_name(device: str) -> str:
@@ -225,57 +237,93 @@ def random_checkpoint(folder: Path) -> Path:
     return target
 
 
-def arch_only(*, precisions, tokens: int, requests: int, concurrency: int) -> dict:
+VARIANT_FLAGS = ("compile", "torchao")
+
+
+def parse_variant(variant: str) -> dict:
+    """ "int8+torchao+compile" -> load() arguments: a precision, then optional flags."""
+    precision, *flags = variant.split("+")
+    unknown = set(flags) - set(VARIANT_FLAGS)
+    if unknown or not precision:
+        from .errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            f"Unknown variant {variant!r}: a precision, then optionally +compile and/or +torchao "
+            "(e.g. bf16+compile, int8+torchao+compile)."
+        )
+    return {
+        "precision": precision,
+        "compile": "compile" in flags,
+        "quantizer": "torchao" if "torchao" in flags else "bitsandbytes",
+    }
+
+
+def arch_only(*, variants, tokens: int, requests: int, concurrency: int, save=lambda result: None) -> dict:
+    """Each variant of the full-size architecture in turn; `save` gets the result after each."""
     import glmflash
 
     if not torch.cuda.is_available():
         from .errors import InvalidRequestError
 
         raise InvalidRequestError("--arch-only needs a CUDA GPU.")
+    choices = {variant: parse_variant(variant) for variant in variants}
     result = {"device_name": torch.cuda.get_device_name(0), "bandwidth_bytes_per_s": memory_bandwidth()}
+    save(result)
     with tempfile.TemporaryDirectory() as tmp:
         folder = random_checkpoint(Path(tmp))
-        for precision in precisions:
+        for variant, options in choices.items():
+            began = time.perf_counter()
             try:
-                engine = glmflash.load(str(folder), precision, "cuda:0", max_batch_size=concurrency)
+                engine = glmflash.load(str(folder), device="cuda:0", max_batch_size=concurrency, **options)
+                weights = engine.model.get_memory_footprint()
+                one = run(engine, size=1024, tokens=tokens, requests=requests, concurrency=[1, concurrency])
             except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
-                result[precision] = {"error": f"{type(exc).__name__}: {exc}"}
-                continue
-            weights = engine.model.get_memory_footprint()
-            one = run(engine, size=1024, tokens=tokens, requests=requests, concurrency=[1, concurrency])
-            limit = result["bandwidth_bytes_per_s"] / weights
-            result[precision] = {
-                **one,
-                "weight_bytes": weights,
-                "decode_limit_tokens_per_s": limit,
-                "decode_fraction_of_limit": one["baseline"]["decode_tokens_per_s"] / limit,
-            }
-            del engine
+                result[variant] = {"error": f"{type(exc).__name__}: {exc}"}
+            else:
+                limit = result["bandwidth_bytes_per_s"] / weights
+                single = one["levels"][0]["decode_tokens_per_s"]
+                result[variant] = {
+                    **one,
+                    "weight_bytes": weights,
+                    "decode_limit_tokens_per_s": limit,
+                    "decode_fraction_of_limit": one["baseline"]["decode_tokens_per_s"] / limit,
+                    "engine_decode_fraction_of_limit": single / limit,
+                }
+            result[variant]["seconds"] = time.perf_counter() - began
+            engine = None
             gc.collect()
             torch.cuda.empty_cache()
+            save(result)
     return result
 
 
-def main(args) -> int:
+def main(args, settings=None) -> int:
     import json
 
+    target = Path(args.json)
+
+    def save(result: dict) -> None:
+        target.write_text(json.dumps(result, indent=2))
+
     if args.arch_only:
-        result = arch_only(precisions=args.precisions.split(","), tokens=args.tokens, requests=args.requests,
-                           concurrency=max(args.concurrency))  # fmt: skip
-        for precision in args.precisions.split(","):
-            entry = result[precision]
-            print(f"{precision}: {entry.get('error') or table(entry)}")
+        variants = args.precisions.split(",")
+        result = arch_only(variants=variants, tokens=args.tokens, requests=args.requests,
+                           concurrency=max(args.concurrency), save=save)  # fmt: skip
+        for variant in variants:
+            entry = result[variant]
+            print(f"{variant}: {entry.get('error') or table(entry)}")
             if "decode_fraction_of_limit" in entry:
-                print(f"  decode at {entry['decode_fraction_of_limit']:.0%} of the bandwidth limit "
+                print(f"  one stream decodes at {entry['decode_fraction_of_limit']:.0%} (model.generate) and "
+                      f"{entry['engine_decode_fraction_of_limit']:.0%} (engine) of the bandwidth limit "
                       f"({entry['decode_limit_tokens_per_s']:.1f} tok/s)")  # fmt: skip
     else:
         from .load import load
 
-        engine = load(args.model, args.precision, args.device)
+        engine = load(args.model, args.precision, args.device, settings=settings)
         result = run(
             engine, size=args.size, tokens=args.tokens, requests=args.requests, concurrency=args.concurrency
         )
         print(table(result))
-    Path(args.json).write_text(json.dumps(result, indent=2))
-    print(f"written: {args.json}", file=sys.stderr)
+        save(result)
+    print(f"written: {target}", file=sys.stderr)
     return 0

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="callers at once (1,4,16)")
     bench.add_argument("--json", default="bench.json", help="where the figures go (bench.json)")
     bench.add_argument("--arch-only", action="store_true", help="GPU: the real architecture, random weights")
-    bench.add_argument("--precisions", default="bf16,int8,int4", help="for --arch-only (bf16,int8,int4)")
+    bench.add_argument(
+        "--precisions",
+        default="bf16,int8,int4",
+        help="--arch-only variants: a precision, optionally +compile, +torchao (bf16,int8,int4)",
+    )
 
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")
     _model_flags(info)
@@ -91,6 +95,12 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="auto, tiny, a hub id or a folder (GLMFLASH_MODEL)")
     parser.add_argument("--precision", help="auto, bf16, fp16, fp32, int8, int4 (GLMFLASH_PRECISION)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (GLMFLASH_DEVICE)")
+    parser.add_argument(
+        "--quantizer", choices=("bitsandbytes", "torchao"), help="int8/int4 library (GLMFLASH_QUANTIZER)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="static cache + torch.compile (GLMFLASH_COMPILE)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="glmflash: %(message)s", stream=sys.stderr)
     debug = args.debug
     try:
-        settings = Settings.from_env(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        settings = Settings.from_env(
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            quantizer=getattr(args, "quantizer", None),
+            compile=getattr(args, "compile", None),
+        )
         debug = debug or settings.debug
         if args.command == "cost":
             return _cost(args)
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from .bench import main as bench
 
-            return bench(args)
+            return bench(args, settings)
         if args.command == "batch":
             from . import batch
 

@@ -28,6 +28,7 @@ class Settings:
     backend_url: str = ""  # an OpenAI-compatible /v1 URL (vLLM, SGLang, glmflash): use it, load nothing
     backend_api_key: str = ""  # the key that backend wants
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 | int8 | int4
+    quantizer: str = "bitsandbytes"  # int8/int4 library: bitsandbytes (least memory) | torchao (int8)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_new_tokens: int = 4096  # default answer budget (reasoning included)
     max_new_tokens_limit: int = 16384  # the most a caller may ask for
@@ -52,6 +53,7 @@ class Settings:
     max_body_bytes: int = 60_000_000  # whole request body (413 above, before it is read)
     max_batch_size: int = 8  # concurrent requests generated together (1: one at a time)
     batch_wait_ms: float = 30.0  # the most a batch waits for requests on their way (busy times only)
+    compile: bool = False  # static KV cache + torch.compile'd decoding (each new shape compiles first)
     max_queue: int = 16  # requests waiting for the engine (503 with Retry-After above)
     request_timeout: float = 300.0  # seconds a request may take in all (504 after)
     drain_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM

@@ -21,6 +21,7 @@ import torch
 from .batching import Batcher
 from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
 from .config import Settings
+from .decoding import compiled_config
 from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from .generate import Detokenizer, run_tokens, stream_tokens
 from .images import ImagePolicy, load_image
@@ -183,8 +184,9 @@ class Engine:
         return self._lock.locked() or (self._batch is not None and self._batch.busy)
 
     def _batcher(self) -> Batcher | None:
-        """The dynamic batcher (settings.max_batch_size > 1), started on first use."""
-        if self.settings.max_batch_size <= 1:
+        """The dynamic batcher, started on first use: with settings.max_batch_size > 1, or with
+        compiled decoding (its compiled graphs must all run on one thread)."""
+        if self.settings.max_batch_size <= 1 and not self.settings.compile:
             return None
         with self._setup_lock:
             if self._batch is None:
@@ -222,6 +224,8 @@ class Engine:
             return inputs
 
         config = options.generation_config(self.model.generation_config)
+        if self.settings.compile:
+            config = compiled_config(config, self.info.device)
         splitter = ThinkingSplitter(
             start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN),
             drop=[t for t in self.control_tokens if t not in _MARKERS],

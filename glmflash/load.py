@@ -7,6 +7,7 @@ AutoModelForImageTextToText path; quantization libraries are imported only when 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +209,15 @@ def check_gpu_memory(needs: dict[str, int], precision: str, free: int, device: s
     )
 
 
-def quantization_config(precision: str, compute_dtype):
-    """BitsAndBytesConfig for int8/int4, with a clear error when bitsandbytes is missing."""
+QUANTIZERS = ("bitsandbytes", "torchao")
+
+
+def quantization_config(precision: str, compute_dtype, quantizer: str = "bitsandbytes"):
+    """The transformers quantization config for int8/int4, with a clear error when its library
+    is missing. bitsandbytes: the least memory (int8 and int4). torchao: int8 weight-only, whose
+    tensors torch.compile fuses into the matmul (GLMFLASH_COMPILE)."""
+    if quantizer == "torchao":
+        return _torchao_config(precision)
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -219,6 +227,8 @@ def quantization_config(precision: str, compute_dtype):
     from transformers import BitsAndBytesConfig
 
     if precision == "int8":
+        # With fp32 compute (the CPU) bitsandbytes says so on every matmul; once is enough here.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(QUANT_SKIP))
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -229,7 +239,25 @@ def quantization_config(precision: str, compute_dtype):
     )
 
 
-def load_model(checkpoint: Checkpoint, placement: Placement):
+def _torchao_config(precision: str):
+    if precision != "int8":
+        raise PrecisionError(
+            f"The torchao quantizer does int8 only; {precision} needs GLMFLASH_QUANTIZER=bitsandbytes."
+        )
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError:
+        raise MissingDependencyError(
+            "GLMFLASH_QUANTIZER=torchao needs torchao: pip install 'torchao>=0.14'."
+        ) from None
+    from transformers import TorchAoConfig
+
+    # Newer transformers match these from the start of a module name, older ones anywhere in it.
+    skip = [f"model.{name}" for name in QUANT_SKIP] + list(QUANT_SKIP)
+    return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=skip)
+
+
+def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "bitsandbytes"):
     """from_pretrained the processor and model at the chosen placement; return both."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -237,7 +265,7 @@ def load_model(checkpoint: Checkpoint, placement: Placement):
     dtype = getattr(torch, placement.dtype_name)
     kwargs = {"dtype": dtype, "device_map": {"": placement.device}}
     if placement.precision in ("int8", "int4"):
-        kwargs["quantization_config"] = quantization_config(placement.precision, dtype)
+        kwargs["quantization_config"] = quantization_config(placement.precision, dtype, quantizer)
     if placement.device.startswith("cuda"):
         config = AutoConfig.from_pretrained(checkpoint.source)
         free, _ = torch.cuda.mem_get_info(torch.device(placement.device))
@@ -284,9 +312,15 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     overrides = {"model": model, "precision": precision, "device": device, **options}
     settings = _replace(base, {k: v for k, v in overrides.items() if v is not None})
     placement = choose_placement(settings.precision, settings.device)
+    if settings.quantizer not in QUANTIZERS:
+        raise PrecisionError(
+            f"Unknown quantizer {settings.quantizer!r}: choose one of {', '.join(QUANTIZERS)}."
+        )
     checkpoint = resolve_checkpoint(settings.model, settings)
+    if placement.precision in ("int8", "int4"):
+        placement = _replace(placement, {"reason": f"{placement.reason}, {settings.quantizer}"})
     log.info("loading %s: %s", checkpoint.model_id, placement.reason)
-    model_obj, processor = load_model(checkpoint, placement)
+    model_obj, processor = load_model(checkpoint, placement, settings.quantizer)
     if checkpoint.demo:
         log.warning("The tiny demo model is loaded: its answers are meaningless.")
     info = EngineInfo(

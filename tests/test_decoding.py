@@ -1,0 +1,83 @@
+"""Faster decoding with the real tiny model: compiled decoding (static cache + torch.compile) gives
+the same greedy tokens as eager, alone and batched; torchao int8 loads and generates; bad choices
+are clear errors; `bench` knows its --arch-only variants."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import glmflash
+from glmflash.bench import parse_variant
+from glmflash.decoding import MIN_CACHE_TOKENS, cache_tokens
+from glmflash.errors import InvalidRequestError, MissingDependencyError, PrecisionError
+from glmflash.load import quantization_config
+
+from .test_batching import MIXED, concurrently, engine_batching
+
+
+@pytest.fixture(scope="module")
+def compiled(engine):
+    return engine_batching(engine, compile=True, max_batch_size=8)
+
+
+def test_cache_lengths_come_in_few_buckets():
+    assert cache_tokens(1, 10_000) == MIN_CACHE_TOKENS
+    assert cache_tokens(MIN_CACHE_TOKENS + 1, 10_000) == 2 * MIN_CACHE_TOKENS
+    assert cache_tokens(3000, 10_000) == 4096
+    assert cache_tokens(9000, 10_000) == 10_000  # never past the model's context
+    assert cache_tokens(12_000, 10_000) == 12_000  # (the engine refuses such requests before)
+
+
+def test_compiled_decoding_gives_the_eager_tokens_alone_and_batched(engine, compiled):
+    eager = [engine.chat(m, max_new_tokens=n, temperature=0, thinking=False) for m, n in MIXED]
+    alone = compiled.chat(MIXED[0][0], max_new_tokens=MIXED[0][1], temperature=0, thinking=False)
+    assert alone.text == eager[0].text and alone.usage == eager[0].usage
+    for _ in range(2):  # the second round runs the graphs compiled in the first
+        batched = concurrently(compiled, MIXED)
+        assert [r.text for r in batched] == [r.text for r in eager]
+        assert [r.usage.completion_tokens for r in batched] == [r.usage.completion_tokens for r in eager]
+    assert max(compiled._batch.sizes) > 1  # they did share batches
+    assert hasattr(engine.model, "_compiled_call")  # generate did take the compiled path
+    # min_new_tokens and a stop mid-answer still hold per row with the larger, bucketed cache
+    reply = compiled.chat(MIXED[3][0], max_new_tokens=9, min_new_tokens=9, temperature=0, thinking=False)
+    assert reply.usage.completion_tokens == 9 and reply.finish_reason == "length"
+
+
+def test_compiled_decoding_runs_on_the_batcher_thread_even_one_at_a_time(engine):
+    single = engine_batching(engine, compile=True, max_batch_size=1)
+    reply = single.chat(MIXED[1][0], max_new_tokens=6, temperature=0, thinking=False)
+    assert reply.usage.completion_tokens == 6
+    assert single._batch is not None and single._batch.sizes == [1]
+
+
+def test_torchao_int8_quantizes_the_language_model_only(cache_dir):
+    pytest.importorskip("torchao")
+    engine = glmflash.load("tiny", "int8", "cpu", cache_dir=str(cache_dir), quantizer="torchao")
+    kinds = {name: type(module.weight).__name__ for name, module in engine.model.named_modules()
+             if type(module).__name__ == "Linear"}  # fmt: skip
+    language = [kind for name, kind in kinds.items() if ".language_model." in name]
+    assert language and all(kind == "Int8Tensor" for kind in language)
+    assert all(kind == "Parameter" for name, kind in kinds.items() if ".visual." in name or "lm_head" in name)
+    assert "torchao" in engine.info.placement_reason
+    reply = engine.ask(MIXED[0][0][0]["content"][0]["image"], "What is it?", max_new_tokens=6, seed=0)
+    assert reply.usage.completion_tokens >= 1 and reply.usage.image_tokens > 0
+
+
+def test_quantizer_choices_are_clear_errors(cache_dir, monkeypatch):
+    with pytest.raises(PrecisionError, match="Unknown quantizer 'gptq'"):
+        glmflash.load("tiny", "int8", "cpu", cache_dir=str(cache_dir), quantizer="gptq")
+    with pytest.raises(PrecisionError, match="int8 only; int4 needs GLMFLASH_QUANTIZER=bitsandbytes"):
+        quantization_config("int4", None, "torchao")
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(MissingDependencyError, match="pip install 'torchao"):
+        quantization_config("int8", None, "torchao")
+
+
+def test_bench_variants():
+    assert parse_variant("bf16") == {"precision": "bf16", "compile": False, "quantizer": "bitsandbytes"}
+    fast_int8 = {"precision": "int8", "compile": True, "quantizer": "torchao"}
+    assert parse_variant("int8+torchao+compile") == fast_int8
+    with pytest.raises(InvalidRequestError, match="Unknown variant 'bf16\\+fast'"):
+        parse_variant("bf16+fast")
