@@ -71,7 +71,7 @@ def run_level(url, body, headers, concurrency: int, total: int) -> dict:
     }
 
 
-def serve_tiny(batch_size: int = 8, engine=None):
+def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False):
     import uvicorn
 
     import glmflash
@@ -79,7 +79,9 @@ def serve_tiny(batch_size: int = 8, engine=None):
     from glmflash.server import create_app
 
     engine = engine or glmflash.load("tiny")
-    settings = glmflash.Settings(max_queue=64, max_batch_size=batch_size, cache_dir=engine.settings.cache_dir)
+    settings = glmflash.Settings(
+        max_queue=64, max_batch_size=batch_size, cache_dir=engine.settings.cache_dir, compile=compile
+    )
     engine = Engine(engine.model, engine.processor, engine.info, settings)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,11 +102,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--compare-batching", action="store_true", help="one at a time vs batched, same run")
+    parser.add_argument("--compile", action="store_true", help="the server decodes compiled")
     args = parser.parse_args()
     if args.compare_batching:
         return compare_batching(args)
 
-    engine, url = (None, args.url) if args.url else serve_tiny()
+    engine, url = (None, args.url) if args.url else serve_tiny(compile=args.compile)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = request_body(args)
     run_level(url, body, headers, 1, 3)  # warm-up
@@ -143,8 +146,9 @@ def compare_batching(args) -> None:
     body, results = request_body(args), {}
     engine = None
     for batch in (1, 8, 1, 8):  # twice each, alternating: the machine drifts
-        engine, url = serve_tiny(batch, engine)
-        run_level(url, body, {}, 1, 3)  # warm-up
+        engine, url = serve_tiny(batch, engine, args.compile)
+        for clients in (1, 8, 2):  # warm-up (with --compile: each batch shape compiles first)
+            run_level(url, body, {}, clients, clients * 2)
         for clients in (1, 8):
             level = run_level(url, body, {}, clients, args.requests)
             results.setdefault((batch, clients), []).append(level)

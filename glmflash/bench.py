@@ -110,10 +110,12 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
     if local:
         baseline(engine, warm[:1], tokens)  # warm-up both paths
     through_engine(engine, warm, tokens, 2)
+    reset_peak_memory(engine.info.device)  # the one-image peak: requests one at a time, nothing else
     if local:
         base = baseline(engine, workload(requests, size), tokens)
     else:
         base = through_engine(engine, workload(requests, size), tokens, 1)
+    peak_one = peak_memory(engine.info.device)
     levels = []
     for n in concurrency:
         if getattr(engine.settings, "compile", False):  # each new batch shape compiles first: not timed
@@ -140,7 +142,8 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "baseline": base,
         "levels": levels,
         "images_per_s": max(level["images_per_s"] for level in levels),
-        "peak_memory_bytes": peak_memory(engine.info.device),
+        "peak_memory_bytes": peak_memory(engine.info.device),  # with the most callers at once
+        "peak_memory_one_image_bytes": peak_one,
         "peak_memory_kind": "GPU (torch max allocated)"
         if engine.info.device.startswith("cuda")
         else "process RSS",
@@ -159,7 +162,9 @@ def table(result: dict) -> str:
     for lv in result["levels"]:
         lines.append(f"{'engine, ' + str(lv['concurrency']) + ' at once':>22}{lv['ttft_s'] * 1000:>10.1f}"
                      f"{lv['decode_tokens_per_s']:>14.1f}{lv['images_per_s']:>10.2f}{lv['images_per_s_ratio']:>12.2f}")  # fmt: skip  # noqa: E501
-    lines.append(f"peak memory: {result['peak_memory_bytes'] / 2**30:.2f} GiB ({result['peak_memory_kind']})")
+    one, most = result["peak_memory_one_image_bytes"] / 2**30, result["peak_memory_bytes"] / 2**30
+    lines.append(f"peak memory: {one:.2f} GiB one image at a time, {most:.2f} GiB in all "
+                 f"({result['peak_memory_kind']})")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -196,37 +201,36 @@ def _sync() -> None:
 # -- the real architecture on a GPU ----------------------------------------------------------
 
 
-def memory_bandwidth(gib: float = 2.0) -> float:
-    """Bytes/s the GPU moves in a device-to-device copy (read + write), the best of 10."""
-    source = torch.empty(int(gib * 2**30), dtype=torch.uint8, device="cuda")
+def memory_bandwidth(device: str = "cuda:0", gib: float = 2.0) -> float:
+    """Bytes/s the device moves in a copy within its memory (read + write), the best of 10."""
+    source = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
     best = float("inf")
     for _ in range(10):
-        torch.cuda.synchronize()
+        _sync()
         start = time.perf_counter()
         target.copy_(source)
-        torch.cuda.synchronize()
+        _sync()
         best = min(best, time.perf_counter() - start)
     del source, target
-    torch.cuda.empty_cache()
+    _empty_cache()
     return 2 * gib * 2**30 / best
 
 
-def random_checkpoint(folder: Path) -> Path:
-    """The full-size architecture with random bf16 weights, saved with the tiny model's processor."""
+def random_checkpoint(folder: Path, config, device: str) -> Path:
+    """`config`'s architecture with random bf16 weights, saved with the tiny model's processor."""
     from transformers import AutoModelForImageTextToText
 
-    from .load import full_size_config
     from .testing import build_tiny_model
 
     tiny = build_tiny_model(folder / "tiny")
-    with torch.device("cuda"):
-        model = AutoModelForImageTextToText.from_config(full_size_config(), dtype=torch.bfloat16)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     target = folder / "glm46v-random"
     model.save_pretrained(target)
     del model
     gc.collect()
-    torch.cuda.empty_cache()
+    _empty_cache()
     for item in tiny.iterdir():  # tokenizer, processor, chat template, generation config
         if (
             item.is_file()
@@ -235,6 +239,11 @@ def random_checkpoint(folder: Path) -> Path:
         ):
             (target / item.name).write_bytes(item.read_bytes())
     return target
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 VARIANT_FLAGS = ("compile", "torchao")
@@ -258,25 +267,54 @@ def parse_variant(variant: str) -> dict:
     }
 
 
-def arch_only(*, variants, tokens: int, requests: int, concurrency: int, save=lambda result: None) -> dict:
-    """Each variant of the full-size architecture in turn; `save` gets the result after each."""
+def _scratch(need: int = 40 * 2**30) -> str | None:
+    """/dev/shm when it holds the ~20 GB checkpoint twice over (saving and loading from memory
+    takes seconds, a disk minutes); else the default temporary folder."""
+    import shutil
+
+    try:
+        return "/dev/shm" if shutil.disk_usage("/dev/shm").free >= need else None
+    except OSError:
+        return None
+
+
+def arch_only(
+    *,
+    variants,
+    tokens: int,
+    requests: int,
+    concurrency: int,
+    save=lambda result: None,
+    device: str = "cuda:0",
+    config=None,
+    size: int = 1024,
+    bandwidth_gib: float = 2.0,
+) -> dict:
+    """Each variant of the full-size architecture (or `config`) in turn on `device`, a 1024x1024
+    image; `save` gets the result after each variant, so a run cut short still reports."""
     import glmflash
 
-    if not torch.cuda.is_available():
+    from .load import full_size_config
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
         from .errors import InvalidRequestError
 
         raise InvalidRequestError("--arch-only needs a CUDA GPU.")
     choices = {variant: parse_variant(variant) for variant in variants}
-    result = {"device_name": torch.cuda.get_device_name(0), "bandwidth_bytes_per_s": memory_bandwidth()}
+    result = {
+        "device_name": device_name(device),
+        "bandwidth_bytes_per_s": memory_bandwidth(device, bandwidth_gib),
+        "image": f"{size}x{size}",
+    }
     save(result)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = random_checkpoint(Path(tmp))
+    with tempfile.TemporaryDirectory(dir=_scratch() if device.startswith("cuda") else None) as tmp:
+        folder = random_checkpoint(Path(tmp), config or full_size_config(), device)
         for variant, options in choices.items():
             began = time.perf_counter()
             try:
-                engine = glmflash.load(str(folder), device="cuda:0", max_batch_size=concurrency, **options)
+                engine = glmflash.load(str(folder), device=device, max_batch_size=concurrency, **options)
                 weights = engine.model.get_memory_footprint()
-                one = run(engine, size=1024, tokens=tokens, requests=requests, concurrency=[1, concurrency])
+                one = run(engine, size=size, tokens=tokens, requests=requests, concurrency=[1, concurrency])
             except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
                 result[variant] = {"error": f"{type(exc).__name__}: {exc}"}
             else:
@@ -292,7 +330,7 @@ def arch_only(*, variants, tokens: int, requests: int, concurrency: int, save=la
             result[variant]["seconds"] = time.perf_counter() - began
             engine = None
             gc.collect()
-            torch.cuda.empty_cache()
+            _empty_cache()
             save(result)
     return result
 

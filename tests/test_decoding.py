@@ -81,3 +81,29 @@ def test_bench_variants():
     assert parse_variant("int8+torchao+compile") == fast_int8
     with pytest.raises(InvalidRequestError, match="Unknown variant 'bf16\\+fast'"):
         parse_variant("bf16+fast")
+
+
+def test_arch_only_runs_every_variant_end_to_end_on_the_cpu(cache_dir):
+    """The GPU measurement's whole flow (random checkpoint, loading each variant through
+    glmflash.load, the figures, a save after each) with the tiny architecture, so the one GPU run
+    a session may get is not spent on a bug."""
+    from transformers import AutoConfig
+
+    from glmflash.bench import arch_only
+    from glmflash.testing import ensure_tiny_model
+
+    config = AutoConfig.from_pretrained(ensure_tiny_model(cache_dir))
+    saved = []
+    variants = ["fp32", "int8+torchao", "fp32+compile", "int4"]
+    small = {"tokens": 4, "requests": 2, "concurrency": 2, "size": 64, "bandwidth_gib": 0.05}
+    result = arch_only(variants=variants, save=saved.append, device="cpu", config=config, **small)
+    assert result["bandwidth_bytes_per_s"] > 0 and result["device_name"].startswith("CPU")
+    for variant in variants[:3]:
+        entry = result[variant]
+        assert "error" not in entry, entry
+        assert entry["decode_fraction_of_limit"] > 0 and entry["engine_decode_fraction_of_limit"] > 0
+        assert entry["peak_memory_one_image_bytes"] > 0
+        assert [level["concurrency"] for level in entry["levels"]] == [1, 2]
+    assert result["fp32+compile"]["compiled"] and result["int8+torchao"]["quantizer"] == "torchao"
+    assert "int4 needs a CUDA GPU" in result["int4"]["error"]  # one variant failing does not stop the rest
+    assert len(saved) == 1 + len(variants)  # after the bandwidth, then after each variant
