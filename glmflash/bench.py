@@ -51,7 +51,8 @@ def baseline(engine, requests, tokens: int) -> dict:
 
     eos = engine.model.generation_config.eos_token_id
     config = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=eos,
-                              pad_token_id=engine.tokenizer.pad_token_id)  # fmt: skip
+                              pad_token_id=engine.tokenizer.pad_token_id,
+                              temperature=1.0, top_p=1.0, top_k=50)  # fmt: skip  # neutral knobs: greedy
     ttft, rates = [], []
     start = time.perf_counter()
     for messages in requests:

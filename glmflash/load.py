@@ -22,6 +22,17 @@ from .testing import ensure_tiny_model, is_tiny_model
 
 log = logging.getLogger("glmflash")
 
+
+class _TorchaoImportNoise(logging.Filter):
+    """transformers imports torchao whenever it is installed, and torchao registers two enums in a
+    way torch now calls deprecated: a warning on every start that no user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "register_constant() on Enum" not in record.getMessage()
+
+
+logging.getLogger("torch.utils._pytree").addFilter(_TorchaoImportNoise())
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8", "int4")
 GiB = 1024**3
 HEADROOM_BYTES = 2 * GiB  # activations, KV cache and one ~1 MP image on top of the weights
