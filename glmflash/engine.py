@@ -94,6 +94,26 @@ class Engine:
         """One question about one image (or a list of images, or None)."""
         return self.chat(ask_messages(image, question), **gen)
 
+    def warm_up(self) -> float:
+        """With compiled decoding: compile the decode step for the batch shapes a server meets (one
+        request, two, a full batch) before a caller waits for it. Returns the seconds it took."""
+        from PIL import Image
+
+        started = time.perf_counter()
+        messages = ask_messages(Image.new("RGB", (224, 224), (128, 128, 128)), "Warm-up")
+        options = {"max_new_tokens": 4, "min_new_tokens": 4, "temperature": 0, "thinking": False}
+
+        def ask():
+            self.chat(messages, **options)
+
+        for size in sorted({1, 2, max(1, self.settings.max_batch_size)}):
+            callers = [threading.Thread(target=ask) for _ in range(size)]
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join()
+        return time.perf_counter() - started
+
     def render_prompt(self, messages: Sequence[dict], *, thinking: bool = True) -> str:
         """The exact prompt text the model will see (images as placeholders)."""
         return self.prepare(messages, thinking=thinking)[0]

@@ -70,3 +70,19 @@ def test_non_loopback_host_without_auth_warns(cache_dir):
         if process.poll() is None:
             process.kill()
     assert "without authentication" in output and "GLMFLASH_API_KEYS" in output
+
+
+def test_compiled_decoding_compiles_before_the_server_is_ready(cache_dir, monkeypatch):
+    monkeypatch.setenv("GLMFLASH_COMPILE", "1")
+    process, url = start(cache_dir)
+    try:
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0}
+        reply = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+        assert reply["usage"]["completion_tokens"] >= 1
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    compiled, serving = output.index("compiled in"), output.index("serving glmflash/tiny")
+    assert "for batches of 1, 2 and 8" in output and compiled < serving, output
