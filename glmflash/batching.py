@@ -65,9 +65,20 @@ class Batcher:
     """Owns the worker thread; `tokens()` is what the engine calls per request."""
 
     def __init__(
-        self, model, stop_ids, pad_id: int, *, max_batch_size: int, max_wait_s: float, constraints, callers
+        self,
+        model,
+        stop_ids,
+        pad_id: int,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        constraints,
+        callers,
+        cache_limit: int | None = None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        # the longest static cache (compiled decoding): the engine's context
+        self.cache_limit = cache_limit or model.config.get_text_config().max_position_embeddings
         self.callers = callers  # () -> requests called but not yet queued here: worth waiting for
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
         self.constraints = constraints  # () -> structured.Constraints, made on first use
@@ -89,16 +100,19 @@ class Batcher:
         return self.generating or bool(self.waiting)
 
     def close(self) -> None:
-        """Finish the batch in hand, then end the worker (later requests would wait forever)."""
+        """Finish the batch in hand, then end the worker; later requests are refused."""
         with self.ready:
             self._closed = True
             self.ready.notify_all()
         self._thread.join(timeout=30)
+        atexit.unregister(self.close)  # nothing left to hold the model
 
     def tokens(self, inputs, config, seed, stop, template) -> Iterator[tuple[int, float]]:
         """Queue one request; yield (token id, time) as its row produces them."""
         row = _Row(inputs, config, seed, stop, template)
         with self.ready:
+            if self._closed:
+                raise RuntimeError("This engine was closed.")
             self.waiting.append(row)
             self.ready.notify()
         try:
@@ -169,9 +183,12 @@ class Batcher:
         inputs = _collate([row.inputs for row in rows], self.pad_id)
         if is_compiled(config):  # a static cache: round its length up to a bucket (fewer compilations)
             width = inputs["input_ids"].shape[1]
-            limit = self.model.config.get_text_config().max_position_embeddings
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
-            config.max_new_tokens = cache_tokens(width + config.max_new_tokens - 1, limit) - width + 1
+            needed = width + config.max_new_tokens - 1
+            config.max_new_tokens = cache_tokens(needed, self.cache_limit) - width + 1
+            # transformers sizes each static cache to the longest any call needed: after one long
+            # request every batch would allocate (and attend over) that much.
+            vars(self.model).pop("_previous_max_cache_length", None)
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):

@@ -242,6 +242,17 @@ def random_checkpoint(folder: Path, config, device: str) -> Path:
     return target
 
 
+def _reset_compiled(entry: dict | None) -> None:
+    """Keep what torch.compile counted for this variant (CUDA graph re-records and skips show
+    there), then forget its graphs: the next variant compiles the same forward afresh."""
+    from torch._dynamo.utils import counters
+
+    if entry is not None and counters.get("inductor"):
+        entry["inductor_counters"] = dict(counters["inductor"])
+    counters.clear()
+    torch._dynamo.reset()
+
+
 def _empty_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -295,7 +306,7 @@ def arch_only(
     image; `save` gets the result after each variant, so a run cut short still reports."""
     import glmflash
 
-    from .load import full_size_config
+    from .load import full_size_config, weight_bytes
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         from .errors import InvalidRequestError
@@ -312,9 +323,10 @@ def arch_only(
         folder = random_checkpoint(Path(tmp), config or full_size_config(), device)
         for variant, options in choices.items():
             began = time.perf_counter()
+            engine = None
             try:
                 engine = glmflash.load(str(folder), device=device, max_batch_size=concurrency, **options)
-                weights = engine.model.get_memory_footprint()
+                weights = weight_bytes(engine.model)
                 one = run(engine, size=size, tokens=tokens, requests=requests, concurrency=[1, concurrency])
             except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
                 result[variant] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -328,10 +340,14 @@ def arch_only(
                     "decode_fraction_of_limit": one["baseline"]["decode_tokens_per_s"] / limit,
                     "engine_decode_fraction_of_limit": single / limit,
                 }
+            finally:
+                if engine is not None:
+                    engine.close()  # its batcher thread holds the model
+                engine = None
+                _reset_compiled(result.get(variant))
+                gc.collect()
+                _empty_cache()
             result[variant]["seconds"] = time.perf_counter() - began
-            engine = None
-            gc.collect()
-            _empty_cache()
             save(result)
     return result
 

@@ -57,6 +57,14 @@ class Engine:
         self.control_tokens = tuple(sorted(specials))
         text_config = getattr(model.config, "text_config", model.config)
         self.context_tokens = settings.max_context_tokens or text_config.max_position_embeddings
+        quantizer = getattr(model, "hf_quantizer", None)
+        self.compiled = settings.compile and (quantizer is None or quantizer.is_compileable)
+        if settings.compile and not self.compiled:
+            log.warning(
+                "GLMFLASH_COMPILE is ignored: these %s weights cannot be compiled (for compiled int8 "
+                "use GLMFLASH_QUANTIZER=torchao).",
+                type(quantizer).__name__,
+            )
 
     # -- public API -------------------------------------------------------------------------
 
@@ -95,24 +103,50 @@ class Engine:
         return self.chat(ask_messages(image, question), **gen)
 
     def warm_up(self) -> float:
-        """With compiled decoding: compile the decode step for the batch shapes a server meets (one
-        request, two, a full batch) before a caller waits for it. Returns the seconds it took."""
+        """With compiled decoding: compile the decode step for what a server meets before a caller
+        waits for it (one request, two, a full batch; a short and a default answer budget, whose
+        static caches differ in length). Returns the seconds it took; raises if compiling fails."""
+        if not self.compiled:
+            return 0.0
         from PIL import Image
 
         started = time.perf_counter()
         messages = ask_messages(Image.new("RGB", (224, 224), (128, 128, 128)), "Warm-up")
-        options = {"max_new_tokens": 4, "min_new_tokens": 4, "temperature": 0, "thinking": False}
+        failures: list[BaseException] = []
 
-        def ask():
-            self.chat(messages, **options)
+        def ask(budget: int) -> None:
+            stop = threading.Event()
+            options = {"max_new_tokens": budget, "min_new_tokens": min(8, budget), "temperature": 0}
+            try:
+                for count, _ in enumerate(self.stream(messages, stop_event=stop, thinking=False, **options)):
+                    if count == 8:
+                        stop.set()  # compiled by now: the rest of the budget is not needed
+            except BaseException as exc:  # handed to the caller of warm_up
+                failures.append(exc)
 
-        for size in sorted({1, 2, max(1, self.settings.max_batch_size)}):
-            callers = [threading.Thread(target=ask) for _ in range(size)]
+        budget = min(self.settings.max_new_tokens, self.settings.max_new_tokens_limit)
+        for size, tokens in (
+            (1, 16),
+            (1, budget),
+            (2, budget),
+            (max(1, self.settings.max_batch_size), budget),
+        ):
+            callers = [threading.Thread(target=ask, args=(tokens,)) for _ in range(size)]
             for caller in callers:
                 caller.start()
             for caller in callers:
                 caller.join()
+            if failures:
+                raise GenerationError(
+                    f"Compiled decoding failed while warming up ({failures[0]}). Unset GLMFLASH_COMPILE "
+                    "to decode without compiling."
+                )
         return time.perf_counter() - started
+
+    def close(self) -> None:
+        """End the batcher's thread, which holds the model: the engine serves nothing after this."""
+        if self._batch is not None:
+            self._batch.close()
 
     def render_prompt(self, messages: Sequence[dict], *, thinking: bool = True) -> str:
         """The exact prompt text the model will see (images as placeholders)."""
@@ -206,7 +240,7 @@ class Engine:
     def _batcher(self) -> Batcher | None:
         """The dynamic batcher, started on first use: with settings.max_batch_size > 1, or with
         compiled decoding (its compiled graphs must all run on one thread)."""
-        if self.settings.max_batch_size <= 1 and not self.settings.compile:
+        if self.settings.max_batch_size <= 1 and not self.compiled:
             return None
         with self._setup_lock:
             if self._batch is None:
@@ -220,6 +254,7 @@ class Engine:
                     max_wait_s=self.settings.batch_wait_ms / 1000,
                     constraints=lambda: self._json,
                     callers=lambda: self._active,
+                    cache_limit=self.context_tokens,
                 )
             return self._batch
 
@@ -244,7 +279,7 @@ class Engine:
             return inputs
 
         config = options.generation_config(self.model.generation_config)
-        if self.settings.compile:
+        if self.compiled:
             config = compiled_config(config, self.info.device)
         splitter = ThinkingSplitter(
             start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN),

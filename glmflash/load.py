@@ -225,8 +225,8 @@ QUANTIZERS = ("bitsandbytes", "torchao")
 
 def quantization_config(precision: str, compute_dtype, quantizer: str = "bitsandbytes"):
     """The transformers quantization config for int8/int4, with a clear error when its library
-    is missing. bitsandbytes: the least memory (int8 and int4). torchao: int8 weight-only, whose
-    tensors torch.compile fuses into the matmul (GLMFLASH_COMPILE)."""
+    is missing. bitsandbytes: the least memory (int8 and int4), never compiled. torchao: int8
+    weight-only tensors, which GLMFLASH_COMPILE can compile."""
     if quantizer == "torchao":
         return _torchao_config(precision)
     try:
@@ -266,6 +266,22 @@ def _torchao_config(precision: str):
     # Newer transformers match these from the start of a module name, older ones anywhere in it.
     skip = [f"model.{name}" for name in QUANT_SKIP] + list(QUANT_SKIP)
     return TorchAoConfig(Int8WeightOnlyConfig(), modules_to_not_convert=skip)
+
+
+def weight_bytes(model) -> int:
+    """Bytes the weights take in memory. Quantized tensor subclasses (torchao) count by the parts
+    they hold: transformers' get_memory_footprint counts them at their full-width dtype."""
+    import itertools
+
+    return sum(_tensor_bytes(t) for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _tensor_bytes(tensor) -> int:
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is None:
+        return tensor.nelement() * tensor.element_size()
+    names, _ = flatten()
+    return sum(_tensor_bytes(getattr(tensor, name)) for name in names)
 
 
 def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "bitsandbytes"):
@@ -341,7 +357,7 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         device=placement.device,
         dtype=placement.dtype_name,
         parameters=sum(p.numel() for p in model_obj.parameters()),
-        memory_bytes=int(model_obj.get_memory_footprint()),
+        memory_bytes=weight_bytes(model_obj),
         max_image_pixels=settings.max_image_pixels,
         demo_model=checkpoint.demo,
         placement_reason=placement.reason,

@@ -6,7 +6,8 @@
 #   scripts/gpu_measure.sh [OUTDIR]          # OUTDIR defaults to $OUT, else gpu-results/
 #
 # Wheels in .whl/ (scripts/gpu_wheels.sh fetches them) are installed first, for machines
-# without network. BENCH_SECONDS bounds the benchmark (default 480).
+# without network (the device tool must carry .whl, which git ignores). BENCH_SECONDS bounds the
+# benchmark (default 480); it is stopped with SIGINT so the ~20 GB scratch checkpoint is removed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out=${1:-${OUT:-gpu-results}}
@@ -24,6 +25,6 @@ fi
 } 2>&1 | tee "$out/machine.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log"
 variants=${VARIANTS:-bf16,int4,int8,bf16+compile,int8+torchao+compile}
-timeout "${BENCH_SECONDS:-480}" python3 -m glmflash bench --arch-only --precisions "$variants" \
+timeout -s INT -k 30 "${BENCH_SECONDS:-480}" python3 -m glmflash bench --arch-only --precisions "$variants" \
   --json "$out/arch.json" 2>&1 | tee "$out/bench.log"
 echo "bench exit status: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"

@@ -10,8 +10,8 @@ import pytest
 
 import glmflash
 from glmflash.bench import parse_variant
-from glmflash.decoding import MIN_CACHE_TOKENS, cache_tokens
-from glmflash.errors import InvalidRequestError, MissingDependencyError, PrecisionError
+from glmflash.decoding import MIN_CACHE_TOKENS, cache_tokens, compiled_config
+from glmflash.errors import GenerationError, InvalidRequestError, MissingDependencyError, PrecisionError
 from glmflash.load import quantization_config
 
 from .test_batching import MIXED, concurrently, engine_batching
@@ -52,6 +52,53 @@ def test_compiled_decoding_runs_on_the_batcher_thread_even_one_at_a_time(engine)
     assert single._batch is not None and single._batch.sizes == [1]
 
 
+def test_warm_up_compiles_what_later_requests_need(engine):
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    warm = engine_batching(engine, compile=True, max_batch_size=4, max_new_tokens=300)
+    assert warm.warm_up() > 0
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    # other batch sizes, answer budgets (cache lengths) and prompts: nothing compiles any more
+    for (messages, _), budget in zip(MIXED, (300, 40, 700, 100, 300, 9), strict=True):
+        warm.chat(messages, max_new_tokens=budget, temperature=0, thinking=False)
+    concurrently(warm, MIXED[:3])
+    assert counters["stats"]["unique_graphs"] == graphs
+    warm.close()
+    with pytest.raises(GenerationError, match="closed"):
+        warm.chat(MIXED[1][0], max_new_tokens=3)
+
+
+def test_a_failing_compilation_is_a_clear_error_at_warm_up(engine, monkeypatch):
+    import torch
+
+    from glmflash import engine as engine_module
+
+    def broken(config, device):
+        config = compiled_config(config, device)
+        config.compile_config.backend = "no-such-backend"
+        return config
+
+    monkeypatch.setattr(engine_module, "compiled_config", broken)
+    torch._dynamo.reset()
+    failing = engine_batching(engine, compile=True, max_batch_size=2)
+    with pytest.raises(GenerationError, match="Unset GLMFLASH_COMPILE"):
+        failing.warm_up()
+    failing.close()
+    torch._dynamo.reset()
+
+
+def test_compile_is_ignored_for_weights_that_cannot_compile(cache_dir, caplog):
+    bnb = glmflash.load("tiny", "int8", "cpu", cache_dir=str(cache_dir), compile=True)
+    assert not bnb.compiled and "GLMFLASH_COMPILE is ignored" in caplog.text
+    assert bnb.warm_up() == 0.0
+    reply = bnb.chat(MIXED[1][0], max_new_tokens=4, temperature=0)
+    assert reply.usage.completion_tokens >= 1
+
+
 def test_torchao_int8_quantizes_the_language_model_only(cache_dir):
     pytest.importorskip("torchao")
     engine = glmflash.load("tiny", "int8", "cpu", cache_dir=str(cache_dir), quantizer="torchao")
@@ -61,6 +108,8 @@ def test_torchao_int8_quantizes_the_language_model_only(cache_dir):
     assert language and all(kind == "Int8Tensor" for kind in language)
     assert all(kind == "Parameter" for name, kind in kinds.items() if ".visual." in name or "lm_head" in name)
     assert "torchao" in engine.info.placement_reason
+    # int8 parts counted as int8 (transformers' own footprint counts them at full width)
+    assert engine.info.memory_bytes < 0.8 * engine.model.get_memory_footprint()
     reply = engine.ask(MIXED[0][0][0]["content"][0]["image"], "What is it?", max_new_tokens=6, seed=0)
     assert reply.usage.completion_tokens >= 1 and reply.usage.image_tokens > 0
 

@@ -52,7 +52,7 @@ def serve(engine, settings, *, app=None) -> None:
         log_level="info",
         access_log=False,
     )
-    if settings.compile and hasattr(engine, "warm_up"):  # before /ready: no caller waits for a compile
+    if getattr(engine, "compiled", False):  # before /ready: no caller waits for a compilation
         log.info("compiling the decode step (GLMFLASH_COMPILE=1) for batches of 1, 2 and %d ...",
                  settings.max_batch_size)  # fmt: skip
         log.info("compiled in %.1f s", engine.warm_up())
