@@ -29,6 +29,7 @@ from .generate import drain
 _END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
 HISTORY = 1000  # batch sizes and waits kept for tests and inspection
+STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
 SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
 
@@ -88,6 +89,7 @@ class Batcher:
         self.waits: list[float] = []  # how long each of those waited for company
         self._closed = False
         self._last_size = 1
+        self._last_end = 0.0  # when the last batch ended: after a pause, traffic is not steady
         self.generating = False
         self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
         self._thread.start()
@@ -144,6 +146,11 @@ class Batcher:
             finally:
                 for row in rows:
                     row.end()
+                # The demand this batch saw: its rows and those that came while it ran. Callers
+                # in a loop (a batch job, a load test) come back together; waiting for all of
+                # them merges two half batches into one instead of alternating between them.
+                self._last_size = min(self.max_batch_size, len(rows) + len(self.waiting))
+                self._last_end = time.monotonic()
 
     def _collect(self) -> list[_Row] | None:
         with self.ready:
@@ -155,17 +162,17 @@ class Batcher:
                 return None
             first = self.waiting.popleft()
             rows, started = [first], time.monotonic()
+            steady = self._last_size if started - self._last_end < STEADY_S else 1
             while len(rows) < self.max_batch_size:
                 rows += self._take(first.key, self.max_batch_size - len(rows))
                 # Wait for requests on their way (decoding images) and, while traffic is steady,
-                # for as many as came last time; a lone request on an idle engine starts at once.
-                expected = min(self.max_batch_size, max(len(rows) + self.callers(), self._last_size))
+                # for as many as the last batch saw; a lone request on an idle engine starts at once.
+                expected = min(self.max_batch_size, max(len(rows) + self.callers(), steady))
                 left = started + self.max_wait_s - time.monotonic()
                 if len(rows) >= expected or left <= 0:
                     break
                 self.ready.wait(left)
         _remember(self.waits, time.monotonic() - started)
-        self._last_size = len(rows)
         return rows
 
     def _take(self, key, room: int) -> list[_Row]:

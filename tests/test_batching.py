@@ -195,3 +195,31 @@ def test_bench_writes_json_that_the_cost_calculator_reads(tmp_path, cache_dir):
     assert json.loads(cost.stdout)["inputs"]["images_per_second_per_gpu"] == figures["images_per_s"]
     bad = run_cli("bench", "--model", "tiny", "--concurrency", "0,x", env_extra=env)
     assert bad.returncode == 2 and "--concurrency" in bad.stderr
+
+
+def test_callers_in_a_loop_are_gathered_into_one_batch_again(engine):
+    """Two half batches (5 running, 3 that came meanwhile) merge when the 5 come back a little
+    later, as clients in a loop do (a batch job, a load test), instead of alternating for ever."""
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=400)
+    first_round = threading.Barrier(5)
+
+    def looping(i):
+        first_round.wait()
+        batched.chat(user(f"first {i}"), max_new_tokens=60, min_new_tokens=60, temperature=0)
+        time.sleep(0.05 + 0.03 * i)  # the way back through HTTP and the client, one after another
+        batched.chat(user(f"again {i}"), max_new_tokens=5, temperature=0)
+
+    def latecomer(i):
+        batched.chat(user(f"late {i}"), max_new_tokens=5, temperature=0)
+
+    loopers = [threading.Thread(target=looping, args=(i,)) for i in range(5)]
+    for thread in loopers:
+        thread.start()
+    while not batched._batch or not batched._batch.generating:
+        time.sleep(0.001)
+    late = [threading.Thread(target=latecomer, args=(i,)) for i in range(3)]
+    for thread in late:
+        thread.start()
+    for thread in loopers + late:
+        thread.join(60)
+    assert batched._batch.sizes == [5, 8]
