@@ -9,16 +9,14 @@ all compiled generation runs on the batcher's one thread (CUDA graphs belong to 
 
 from __future__ import annotations
 
-import copy
-
 MIN_CACHE_TOKENS = 256  # cache lengths are powers of two from here: few shapes, few compilations
 
 
 def compiled_config(config, device: str):
-    """A copy of `config` that asks generate for a static cache and a compiled decode step."""
+    """Set `config` (a request's own GenerationConfig) to ask generate for a static cache and a
+    compiled decode step; return it."""
     from transformers.generation.configuration_utils import CompileConfig
 
-    config = copy.deepcopy(config)
     config.cache_implementation = "static"
     on_gpu = device.startswith("cuda")
     # reduce-overhead = CUDA graphs; on the CPU plain inductor code (there are no graphs to replay).
