@@ -23,7 +23,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .decoding import cache_tokens, is_compiled
+from .decoding import CacheKeeper, cache_tokens, is_compiled
 from .generate import drain
 
 _END = object()
@@ -78,7 +78,8 @@ class Batcher:
         cache_limit: int | None = None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
-        # the longest static cache (compiled decoding): the engine's context
+        # compiled decoding: the static cache kept between batches, and its longest length
+        self.caches = CacheKeeper(model.config.get_text_config(decoder=True))
         self.cache_limit = cache_limit or model.config.get_text_config().max_position_embeddings
         self.callers = callers  # () -> requests called but not yet queued here: worth waiting for
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
@@ -187,15 +188,14 @@ class Batcher:
             return
         _remember(self.sizes, len(rows))
         config = _batch_config(rows)
-        inputs = _collate([row.inputs for row in rows], self.pad_id)
-        if is_compiled(config):  # a static cache: round its length up to a bucket (fewer compilations)
+        inputs = dict(_collate([row.inputs for row in rows], self.pad_id))
+        is_compiled_batch = is_compiled(config)
+        if is_compiled_batch:  # a static cache: round its length up to a bucket (fewer compilations)
             width = inputs["input_ids"].shape[1]
+            length = cache_tokens(width + config.max_new_tokens - 1, self.cache_limit)
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
-            needed = width + config.max_new_tokens - 1
-            config.max_new_tokens = cache_tokens(needed, self.cache_limit) - width + 1
-            # transformers sizes each static cache to the longest any call needed: after one long
-            # request every batch would allocate (and attend over) that much.
-            vars(self.model).pop("_previous_max_cache_length", None)
+            config.max_new_tokens = length - width + 1
+            config.cache_implementation = None  # the cache is handed over instead (below)
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
@@ -206,7 +206,9 @@ class Batcher:
             torch.manual_seed(rows[0].seed)
         self.generating = True
         try:
-            with torch.inference_mode():
+            with torch.inference_mode():  # a kept cache's tensors are inference tensors
+                if is_compiled_batch:
+                    inputs["past_key_values"] = self.caches.get(len(rows), length)
                 self.model.generate(
                     **inputs,
                     generation_config=config,

@@ -1,13 +1,21 @@
 """Compiled decoding (GLMFLASH_COMPILE): a static KV cache and the decode step under torch.compile.
 
-Only the GenerationConfig changes: transformers' `generate` then allocates a StaticCache and
-runs every step after the prefill through `torch.compile` (CUDA graphs on a GPU, which removes
-the per-kernel launch cost that dominates one stream's decoding). The prefill, with its images,
-stays eager. A new shape compiles again, so the cache length is rounded up to a few buckets and
-all compiled generation runs on the batcher's one thread (CUDA graphs belong to a thread).
+The request's GenerationConfig carries a CompileConfig, and the batcher hands `generate` a
+StaticCache: transformers then runs every step after the prefill through `torch.compile` (CUDA
+graphs on a GPU, which removes the per-kernel launch cost that dominates one stream's
+decoding). The prefill, with its images, stays eager. A new shape compiles again, so the cache
+length is rounded up to a few buckets; all compiled generation runs on the batcher's one thread
+(CUDA graphs belong to a thread), and the cache is kept from one batch to the next of the same
+shape, so the graphs find it at the address they were recorded with.
 """
 
 from __future__ import annotations
+
+import warnings
+
+# The cache goes to generate as `past_key_values`, the name transformers before 5.2x knows; later
+# 5.x call it `cache` and warn about the old name until 6.0 (requirements stop before 6).
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
 
 MIN_CACHE_TOKENS = 256  # cache lengths are powers of two from here: few shapes, few compilations
 
@@ -38,3 +46,28 @@ def cache_tokens(needed: int, limit: int) -> int:
 
 def is_compiled(config) -> bool:
     return getattr(config, "cache_implementation", None) == "static"
+
+
+class CacheKeeper:
+    """One static KV cache, kept while batches keep its shape (rows, length), else replaced.
+
+    A fresh cache per `generate` would sit at a new address each time, and CUDA graphs recorded
+    against the old one record again (older torch stops using them after 128 such records).
+    """
+
+    def __init__(self, text_config):
+        self.text_config = text_config
+        self.shape: tuple[int, int] | None = None
+        self.cache = None
+
+    def get(self, rows: int, length: int):
+        """An empty cache for `rows` rows of `length` tokens: the kept one when it fits exactly."""
+        from transformers import StaticCache
+
+        if self.shape == (rows, length):
+            self.cache.reset()  # zeroes it in place: same tensors, same addresses
+        else:
+            self.cache = None  # let its memory go before the new one is allocated
+            self.cache = StaticCache(config=self.text_config, max_cache_len=length)
+            self.shape = (rows, length)
+        return self.cache

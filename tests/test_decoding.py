@@ -45,6 +45,21 @@ def test_compiled_decoding_gives_the_eager_tokens_alone_and_batched(engine, comp
     assert reply.usage.completion_tokens == 9 and reply.finish_reason == "length"
 
 
+def test_the_static_cache_is_kept_while_batches_keep_its_shape(compiled):
+    def ask(tokens):
+        reply = compiled.chat(MIXED[1][0], max_new_tokens=tokens, temperature=0, thinking=False)
+        return reply.text, reply.usage
+
+    first_reply = ask(20)
+    keeper = compiled._batch.caches
+    kept, address = keeper.cache, keeper.cache.layers[0].keys.data_ptr()
+    assert keeper.shape == (1, 256)
+    assert ask(20) == first_reply  # emptied in place, so nothing of the last answer leaks in
+    assert keeper.cache is kept and keeper.cache.layers[0].keys.data_ptr() == address
+    ask(400)  # a longer answer: the next bucket, a new cache
+    assert keeper.shape == (1, 512) and keeper.cache is not kept
+
+
 def test_compiled_decoding_runs_on_the_batcher_thread_even_one_at_a_time(engine):
     single = engine_batching(engine, compile=True, max_batch_size=1)
     reply = single.chat(MIXED[1][0], max_new_tokens=6, temperature=0, thinking=False)

@@ -1,4 +1,5 @@
-"""GPU-only checks (skipped without CUDA): the same loading path in bf16 and int4 on a real GPU."""
+"""GPU-only checks (skipped without CUDA): the same loading path in bf16 and int4 on a real GPU,
+compiled decoding with its CUDA graphs, and torchao int8."""
 
 from __future__ import annotations
 
@@ -23,3 +24,25 @@ def test_auto_precision_on_gpu_is_bf16_or_fp16():
 
     placement = choose_placement("auto", "auto")
     assert placement.precision in ("bf16", "fp16") and placement.device == "cuda:0"
+
+
+def test_compiled_decoding_on_gpu_replays_its_cuda_graphs(cache_dir):
+    """The same request over and over after warm-up: CUDA graphs are replayed, never skipped, and
+    the kept static cache stays where the graphs were recorded."""
+    from torch._dynamo.utils import counters
+
+    engine = glmflash.load("tiny", "bf16", "cuda", cache_dir=str(cache_dir), compile=True, max_new_tokens=64)
+    assert engine.compiled and engine.warm_up() > 0
+    image = Image.new("RGB", (224, 224), "red")
+    replies = [engine.ask(image, "What colour?", max_new_tokens=32, temperature=0, thinking=False)
+               for _ in range(30)]  # fmt: skip
+    assert len({(r.text, r.usage.completion_tokens) for r in replies}) == 1
+    assert not counters["inductor"].get("cudagraph_skips"), dict(counters["inductor"])
+
+
+def test_torchao_int8_compiled_on_gpu(cache_dir):
+    options = {"cache_dir": str(cache_dir), "quantizer": "torchao", "compile": True}
+    engine = glmflash.load("tiny", "int8", "cuda", **options)
+    assert engine.compiled and engine.warm_up() > 0
+    reply = engine.ask(Image.new("RGB", (224, 224), "red"), "What colour?", max_new_tokens=8, temperature=0)
+    assert reply.usage.image_tokens > 0 and reply.usage.completion_tokens >= 1
