@@ -1,8 +1,9 @@
 """`python -m glmflash check` (and `./start.sh --check`): can this machine run glmflash, and how?
 
 Reports Python and torch, each CUDA GPU with its free memory against what each precision of the
-real model needs, where the checkpoint comes from (and the disk for downloading it), and whether
-the ports are free. Nothing is loaded or downloaded. Exit status 1 when something blocks a start.
+real model needs, whether torchao and compiled decoding can work when asked for, where the
+checkpoint comes from (and the disk for downloading it), and whether the ports are free.
+Nothing is loaded or downloaded. Exit status 1 when something blocks a start.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Finding:
 
 
 def run_checks(settings: Settings, *, jupyter_port: int | None) -> list[Finding]:
-    findings = [_python(), *_gpus(settings), _placement(settings), _model(settings)]
+    findings = [_python(), *_gpus(settings), _placement(settings), *_decoding(settings), _model(settings)]
     findings += [_port(settings.host, settings.port, "app")]
     if jupyter_port is not None:
         findings += [_port(settings.host, jupyter_port, "JupyterLab")]
@@ -101,6 +102,39 @@ def _placement(settings: Settings) -> Finding:
         return Finding("ok", "precision", choose_placement(settings.precision, settings.device).reason)
     except GlmflashError as exc:
         return Finding("fail", "precision", exc.message)
+
+
+def _decoding(settings: Settings) -> list[Finding]:
+    """GLMFLASH_QUANTIZER=torchao and GLMFLASH_COMPILE, when asked for: can they work here?"""
+    findings = []
+    if settings.quantizer == "torchao":
+        level, detail = _torchao(settings)
+        findings.append(Finding(level, "quantizer", detail))
+    if settings.compile:
+        level, detail = _compile(settings)
+        findings.append(Finding(level, "compile", detail))
+    return findings
+
+
+def _torchao(settings: Settings) -> tuple[str, str]:
+    if importlib.util.find_spec("torchao") is None:
+        return "fail", "torchao is not installed (pip install -r requirements.txt)"
+    if settings.precision != "int8":
+        return "warn", f"torchao is used for int8 only, not {settings.precision}"
+    return "ok", "torchao int8 weight-only"
+
+
+def _compile(settings: Settings) -> tuple[str, str]:
+    import torch
+
+    on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
+    if settings.precision in ("int8", "int4") and settings.quantizer == "bitsandbytes":
+        return "warn", "ignored: bitsandbytes weights cannot be compiled"
+    if on_gpu and importlib.util.find_spec("triton") is None:
+        return "fail", "torch.compile on a GPU needs triton (pip install triton)"
+    if not on_gpu and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return "fail", "torch.compile on the CPU needs a C++ compiler (apt install g++)"
+    return "ok", "static cache + torch.compile, compiled before serving"
 
 
 def _model(settings: Settings) -> Finding:

@@ -171,3 +171,25 @@ def test_arch_only_runs_every_variant_end_to_end_on_the_cpu(cache_dir):
     assert result["fp32+compile"]["compiled"] and result["int8+torchao"]["quantizer"] == "torchao"
     assert "int4 needs a CUDA GPU" in result["int4"]["error"]  # one variant failing does not stop the rest
     assert len(saved) == 1 + len(variants)  # after the bandwidth, then after each variant
+
+
+def test_check_says_whether_torchao_and_compiling_can_work_here(monkeypatch):
+    from glmflash import check
+    from glmflash.config import Settings
+
+    def findings(**settings):
+        chosen = Settings(model="tiny", device="cpu", **settings)
+        return {f.topic: (f.level, f.detail) for f in check.run_checks(chosen, jupyter_port=None)}
+
+    ready = findings(precision="int8", quantizer="torchao", compile=True)
+    assert ready["quantizer"][0] == "ok" and ready["compile"][0] == "ok"
+    assert findings(precision="int8", compile=True)["compile"] == (
+        "warn", "ignored: bitsandbytes weights cannot be compiled")  # fmt: skip
+    assert findings(precision="fp32", quantizer="torchao")["quantizer"][0] == "warn"
+    assert "compile" not in findings(precision="fp32")
+    monkeypatch.setattr(check.shutil, "which", lambda name: None)
+    real = check.importlib.util.find_spec
+    monkeypatch.setattr(check.importlib.util, "find_spec", lambda n: None if n == "torchao" else real(n))
+    missing = findings(precision="int8", quantizer="torchao", compile=True)
+    assert missing["compile"] == ("fail", "torch.compile on the CPU needs a C++ compiler (apt install g++)")
+    assert missing["quantizer"][0] == "fail" and "torchao is not installed" in missing["quantizer"][1]
