@@ -45,6 +45,8 @@ class _Row:
     over: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
     count: int = 0
     ended: bool = False
+    queued: float = field(default_factory=time.monotonic)  # when it reached the batcher
+    ended_at: float = 0.0  # when it ended (0: not yet)
 
     @property
     def key(self):
@@ -54,6 +56,8 @@ class _Row:
         return tuple(getattr(self.config, name) for name in SAMPLING)
 
     def end(self) -> None:
+        if not self.ended:
+            self.ended_at = time.monotonic()
         self.ended = True
         self.tokens.put(_END)
         self.over.set()
@@ -91,6 +95,7 @@ class Batcher:
         self._closed = False
         self._last_size = 1
         self._last_end = 0.0  # when the last batch ended: after a pause, traffic is not steady
+        self._last_key = None  # its sampling settings: other requests are not its traffic
         self.generating = False
         self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
         self._thread.start()
@@ -147,11 +152,18 @@ class Batcher:
             finally:
                 for row in rows:
                     row.end()
-                # The demand this batch saw: its rows and those that came while it ran. Callers
-                # in a loop (a batch job, a load test) come back together; waiting for all of
-                # them merges two half batches into one instead of alternating between them.
-                self._last_size = min(self.max_batch_size, len(rows) + len(self.waiting))
-                self._last_end = time.monotonic()
+                self._remember_demand(rows)
+
+    def _remember_demand(self, rows: list[_Row]) -> None:
+        """The demand this batch saw: its rows, and rows that could have joined it and came while
+        it ran, before any of its own rows ended (a caller that got its answer and asked again
+        is not new demand). Callers in a loop (a batch job, a load test) come back together;
+        waiting for all of them merges two half batches into one instead of alternating."""
+        first_end = min(row.ended_at for row in rows)
+        with self.ready:
+            came = sum(1 for row in self.waiting if row.key == rows[0].key and row.queued < first_end)
+        self._last_size = min(self.max_batch_size, len(rows) + came)
+        self._last_key, self._last_end = rows[0].key, time.monotonic()
 
     def _collect(self) -> list[_Row] | None:
         with self.ready:
@@ -163,7 +175,8 @@ class Batcher:
                 return None
             first = self.waiting.popleft()
             rows, started = [first], time.monotonic()
-            steady = self._last_size if started - self._last_end < STEADY_S else 1
+            steady_traffic = first.key == self._last_key and started - self._last_end < STEADY_S
+            steady = self._last_size if steady_traffic else 1
             while len(rows) < self.max_batch_size:
                 rows += self._take(first.key, self.max_batch_size - len(rows))
                 # Wait for requests on their way (decoding images) and, while traffic is steady,

@@ -223,3 +223,14 @@ def test_callers_in_a_loop_are_gathered_into_one_batch_again(engine):
     for thread in loopers + late:
         thread.join(60)
     assert batched._batch.sizes == [5, 8]
+
+
+def test_one_caller_in_a_loop_never_waits_for_company(engine):
+    """Its next request comes while its last batch is still finishing: that is not new demand."""
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=300)
+    for i in range(8):
+        batched.chat(user(f"question {i}"), max_new_tokens=5, temperature=0)
+    seeded = {"temperature": 0.7, "seed": 1}  # a seeded sampled request batches with nothing
+    for i in range(3):
+        batched.chat(user(f"sampled {i}"), max_new_tokens=5, **seeded)
+    assert batched._batch.sizes == [1] * 11 and max(batched._batch.waits) < 0.1
