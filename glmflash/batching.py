@@ -202,13 +202,12 @@ class Batcher:
         _remember(self.sizes, len(rows))
         config = _batch_config(rows)
         inputs = dict(_collate([row.inputs for row in rows], self.pad_id))
-        is_compiled_batch = is_compiled(config)
-        if is_compiled_batch:  # a static cache: round its length up to a bucket (fewer compilations)
+        compiled = is_compiled(config)
+        if compiled:  # a static cache: round its length up to a bucket (fewer compilations)
             width = inputs["input_ids"].shape[1]
             length = cache_tokens(width + config.max_new_tokens - 1, self.cache_limit)
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
             config.max_new_tokens = length - width + 1
-            config.cache_implementation = None  # the cache is handed over instead (below)
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
@@ -220,7 +219,7 @@ class Batcher:
         self.generating = True
         try:
             with torch.inference_mode():  # a kept cache's tensors are inference tensors
-                if is_compiled_batch:
+                if compiled:
                     inputs["past_key_values"] = self.caches.get(len(rows), length)
                 self.model.generate(
                     **inputs,

@@ -21,11 +21,10 @@ MIN_CACHE_TOKENS = 256  # cache lengths are powers of two from here: few shapes,
 
 
 def compiled_config(config, device: str):
-    """Set `config` (a request's own GenerationConfig) to ask generate for a static cache and a
-    compiled decode step; return it."""
+    """Set `config` (a request's own GenerationConfig) to ask generate for a compiled decode step
+    (the batcher hands it the static cache); return it."""
     from transformers.generation.configuration_utils import CompileConfig
 
-    config.cache_implementation = "static"
     on_gpu = device.startswith("cuda")
     # reduce-overhead = CUDA graphs; on the CPU plain inductor code (there are no graphs to replay).
     mode = "reduce-overhead" if on_gpu else "default"
@@ -45,7 +44,7 @@ def cache_tokens(needed: int, limit: int) -> int:
 
 
 def is_compiled(config) -> bool:
-    return getattr(config, "cache_implementation", None) == "static"
+    return getattr(config, "compile_config", None) is not None
 
 
 class CacheKeeper:

@@ -281,6 +281,8 @@ class Engine:
         config = options.generation_config(self.model.generation_config)
         if self.compiled:
             config = compiled_config(config, self.info.device)
+        else:  # a checkpoint's own compile_config must not turn compiled batches on
+            config.compile_config = None
         splitter = ThinkingSplitter(
             start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN),
             drop=[t for t in self.control_tokens if t not in _MARKERS],
