@@ -10,6 +10,7 @@ loading code as the checkpoint, against the memory-bandwidth limit it measures f
 
 from __future__ import annotations
 
+import copy
 import gc
 import resource
 import statistics
@@ -49,7 +50,7 @@ def baseline(engine, requests, tokens: int) -> dict:
         def end(self):
             pass
 
-    eos = engine.model.generation_config.eos_token_id
+    eos = sorted(engine.stop_ids)
     config = GenerationConfig(do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=eos,
                               pad_token_id=engine.tokenizer.pad_token_id,
                               temperature=1.0, top_p=1.0, top_k=50)  # fmt: skip  # neutral knobs: greedy
@@ -219,26 +220,35 @@ def memory_bandwidth(device: str = "cuda:0", gib: float = 2.0) -> float:
 
 
 def random_checkpoint(folder: Path, config, device: str) -> Path:
-    """`config`'s architecture with random bf16 weights, saved with the tiny model's processor."""
+    """`config`'s architecture with random bf16 weights, beside a tokenizer laid out with the
+    family's real token ids; every id the config names (image, video, eos, pad) is the tokenizer's."""
     from transformers import AutoModelForImageTextToText
 
-    from .testing import build_tiny_model
+    from .load import check_token_ids
+    from .testing import generation_config, token_ids, write_processor
 
-    tiny = build_tiny_model(folder / "tiny")
+    target = folder / "glm46v-random"
+    tokenizer = write_processor(target, real_ids=True).tokenizer
+    ids = token_ids(tokenizer)
+    config = copy.deepcopy(config)
+    text = config.get_text_config(decoder=True)
+    if text.vocab_size < len(tokenizer):
+        from .errors import InvalidRequestError
+
+        raise InvalidRequestError(
+            f"The architecture's vocabulary ({text.vocab_size}) is smaller than the family's "
+            f"tokenizer ({len(tokenizer)} ids): use the full-size vocabulary."
+        )
+    for name, value in ids.items():
+        setattr(text if name in ("eos_token_id", "pad_token_id") else config, name, value)
+    check_token_ids(config, tokenizer)
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-    target = folder / "glm46v-random"
+    model.generation_config = generation_config(ids)
     model.save_pretrained(target)
     del model
     gc.collect()
     _empty_cache()
-    for item in tiny.iterdir():  # tokenizer, processor, chat template, generation config
-        if (
-            item.is_file()
-            and not item.name.endswith((".safetensors", ".json.index"))
-            and item.name != "config.json"
-        ):
-            (target / item.name).write_bytes(item.read_bytes())
     return target
 
 

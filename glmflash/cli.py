@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="write the tiny offline test model to PATH")
     tiny.add_argument("path")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--template",
+        choices=["vision", "text"],
+        default="vision",
+        help="the prompt form: vision (<|assistant|>\\n, as GLM-4.5V) or text (<|assistant|>, as GLM-4.5)",
+    )
     return parser
 
 
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tiny-model":
             from .testing import build_tiny_model
 
-            print(build_tiny_model(args.path, seed=args.seed))
+            print(build_tiny_model(args.path, seed=args.seed, template=args.template))
             return 0
         if args.command == "bench":
             from .bench import main as bench

@@ -25,6 +25,7 @@ from .decoding import compiled_config
 from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from .generate import Detokenizer, run_tokens, stream_tokens
 from .images import ImagePolicy, load_image
+from .load import stop_token_ids
 from .messages import ask_messages, to_conversation
 from .options import GenerationOptions
 from .structured import Constraints, JsonLogitsProcessor, requested_schema, validate_answer
@@ -48,9 +49,7 @@ class Engine:
         self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
         self._batch: Batcher | None = None
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
-        config = model.generation_config
-        eos = config.eos_token_id if config.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.stop_ids = set(eos if isinstance(eos, list) else [eos])
+        self.stop_ids = stop_token_ids(model, self.tokenizer)
         self.image_token_id = model.config.image_token_id
         specials = set(self.tokenizer.all_special_tokens)
         specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
@@ -279,6 +278,7 @@ class Engine:
             return inputs
 
         config = options.generation_config(self.model.generation_config)
+        config.eos_token_id = sorted(self.stop_ids)  # the checkpoint's list may lack the turn ends
         if self.compiled:
             config = compiled_config(config, self.info.device)
         else:  # a checkpoint's own compile_config must not turn compiled batches on

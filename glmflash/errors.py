@@ -42,6 +42,12 @@ class ModelNotFoundError(GlmflashError):
     code = "model_not_found"
 
 
+class CheckpointError(GlmflashError):
+    """The checkpoint's files disagree with each other (its config and its tokenizer)."""
+
+    code = "invalid_checkpoint"
+
+
 class PrecisionError(GlmflashError, ValueError):
     """Unknown precision, or one this device cannot run."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import DEFAULT_MODEL, Settings
 from .errors import (
+    CheckpointError,
     InsufficientMemoryError,
     MissingDependencyError,
     ModelNotFoundError,
@@ -200,6 +201,48 @@ def full_size_config():
     return Glm4vConfig(**data)
 
 
+# Config fields that name a token, and the token: they must agree with the tokenizer, or every
+# image fails at its first request ("Image features and image tokens do not match").
+TOKEN_FIELDS = {
+    "image_token_id": "<|image|>",
+    "video_token_id": "<|video|>",
+    "image_start_token_id": "<|begin_of_image|>",
+    "image_end_token_id": "<|end_of_image|>",
+    "video_start_token_id": "<|begin_of_video|>",
+    "video_end_token_id": "<|end_of_video|>",
+}
+# A GLM turn has no end token of its own: the model ends it by starting the next role.
+TURN_ENDS = ("<|user|>", "<|observation|>")
+
+
+def check_token_ids(config, tokenizer) -> None:
+    """CheckpointError when the config names a token by another id than the tokenizer does."""
+    vocab = tokenizer.get_vocab()
+    wrong = [
+        f"{field}={getattr(config, field)} but the tokenizer's {token} is {vocab[token]}"
+        for field, token in TOKEN_FIELDS.items()
+        if token in vocab and getattr(config, field, None) not in (None, vocab[token])
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"The checkpoint's config.json and tokenizer disagree: {'; '.join(wrong)}. Fix config.json "
+            "(or use the tokenizer that came with these weights)."
+        )
+
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a turn: the generation config's eos ids, the text config's, and the
+    ids of <|user|> and <|observation|> where the tokenizer has them. A checkpoint (or a fine-tune)
+    whose generation config lists only <|endoftext|> still ends its turn."""
+    text_config = model.config.get_text_config(decoder=True)
+    found = set()
+    for eos in (model.generation_config.eos_token_id, text_config.eos_token_id, tokenizer.eos_token_id):
+        found.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    vocab = tokenizer.get_vocab()
+    found.update(vocab[token] for token in TURN_ENDS if token in vocab)
+    return found
+
+
 QUANT_SKIP = ("visual", "lm_head")  # the vision tower and head stay in 16-bit for quality
 
 
@@ -300,6 +343,7 @@ def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "b
             estimate_memory(config, placement.precision), placement.precision, free, placement.device
         )
     processor = AutoProcessor.from_pretrained(checkpoint.source)
+    check_token_ids(AutoConfig.from_pretrained(checkpoint.source), processor.tokenizer)
     try:
         model = AutoModelForImageTextToText.from_pretrained(checkpoint.source, **kwargs)
     except torch.cuda.OutOfMemoryError:

@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 import glmflash
-from glmflash.testing import ensure_tiny_model
+from glmflash.testing import MARKER_FILE, ensure_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,26 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def engine(cache_dir):
     return glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def text_form_engine(cache_dir):
+    """The tiny model with the text-family prompt form ("<|assistant|>" with no newline after it)."""
+    folder = ensure_tiny_model(cache_dir, template="text")
+    return glmflash.load(str(folder), "fp32", "cpu", cache_dir=str(cache_dir))
+
+
+@pytest.fixture(params=["vision", "text"])
+def form_engine(request):
+    """The tiny model in each of the family's two prompt forms (the checkpoint's is not published)."""
+    return request.getfixturevalue("engine" if request.param == "vision" else "text_form_engine")
+
+
+def prompt_form(engine) -> str:
+    """Which of testing.TEMPLATES the engine's tiny model was built with."""
+    import json
+
+    return json.loads((Path(engine.info.source) / MARKER_FILE).read_text())["template"]
 
 
 def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", noise=False) -> bytes:
@@ -69,3 +90,16 @@ def run_cli(*args, env_extra=None, timeout=240) -> subprocess.CompletedProcess:
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def favour(engine, *tokens: str) -> None:
+    """Make the model prefer these tokens, the later ones most, whatever it reads: its output head
+    gets a bias (real weights, real generation; only what it likes is changed)."""
+    head = engine.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=head.weight.dtype)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        for rank, token in enumerate(tokens, 1):
+            biased.bias[engine.tokenizer.convert_tokens_to_ids(token)] = 1000.0 * rank
+    engine.model.lm_head = biased

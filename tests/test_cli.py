@@ -63,8 +63,8 @@ def test_bad_environment_value_is_one_line(cache_dir):
 
 
 def test_tiny_model_command(tmp_path):
-    result = run_cli("tiny-model", str(tmp_path / "tiny"))
+    result = run_cli("tiny-model", str(tmp_path / "tiny"), "--template", "text")
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "tiny" / "config.json").is_file() and (
-        tmp_path / "tiny" / "chat_template.jinja"
-    ).is_file()
+    assert (tmp_path / "tiny" / "config.json").is_file()
+    template = (tmp_path / "tiny" / "chat_template.jinja").read_text()
+    assert "'<|assistant|>' + ('\\n<think></think>'" in template  # the text-family form

@@ -147,19 +147,34 @@ def test_bench_variants():
         parse_variant("bf16+fast")
 
 
-def test_arch_only_runs_every_variant_end_to_end_on_the_cpu(cache_dir):
+def shrunken_full_size_config():
+    """The full-size architecture cut down in every width and depth, with its vocabulary and all
+    its token ids kept: what the GPU run loads, small enough for this CPU."""
+    from glmflash.load import full_size_config
+
+    config = full_size_config()
+    text, vision = config.text_config, config.vision_config
+    for name, value in dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2).items():  # fmt: skip
+        setattr(text, name, value)
+    text.rope_parameters["mrope_section"] = [2, 3, 3]  # head_dim 32 * partial 0.5 / 2 = 8 frequencies
+    for name, value in dict(depth=2, hidden_size=64, num_heads=4, intermediate_size=128,
+                            out_hidden_size=128).items():  # fmt: skip
+        setattr(vision, name, value)
+    return config
+
+
+def test_arch_only_runs_every_variant_end_to_end_on_the_cpu():
     """The GPU measurement's whole flow (random checkpoint, loading each variant through
-    glmflash.load, the figures, a save after each) with the tiny architecture, so the one GPU run
-    a session may get is not spent on a bug."""
-    from transformers import AutoConfig
-
+    glmflash.load, the figures, a save after each) on a shrunken copy of the full-size config that
+    keeps the real token ids (<|image|> 151363), so the one GPU run a session may get is not spent
+    on a bug. Its tokenizer must number its tokens as the config does, or every image fails."""
     from glmflash.bench import arch_only
-    from glmflash.testing import ensure_tiny_model
 
-    config = AutoConfig.from_pretrained(ensure_tiny_model(cache_dir))
     saved = []
     variants = ["fp32", "int8+torchao", "fp32+compile", "int4"]
     small = {"tokens": 4, "requests": 2, "concurrency": 2, "size": 64, "bandwidth_gib": 0.05}
+    config = shrunken_full_size_config()
     result = arch_only(variants=variants, save=saved.append, device="cpu", config=config, **small)
     assert result["bandwidth_bytes_per_s"] > 0 and result["device_name"].startswith("CPU")
     for variant in variants[:3]:
@@ -171,6 +186,23 @@ def test_arch_only_runs_every_variant_end_to_end_on_the_cpu(cache_dir):
     assert result["fp32+compile"]["compiled"] and result["int8+torchao"]["quantizer"] == "torchao"
     assert "int4 needs a CUDA GPU" in result["int4"]["error"]  # one variant failing does not stop the rest
     assert len(saved) == 1 + len(variants)  # after the bandwidth, then after each variant
+
+
+def test_the_random_checkpoint_carries_the_real_token_ids_in_config_and_tokenizer(tmp_path):
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from glmflash.bench import random_checkpoint
+    from glmflash.load import TOKEN_FIELDS
+
+    folder = random_checkpoint(tmp_path, shrunken_full_size_config(), "cpu")
+    config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    for field, token in TOKEN_FIELDS.items():
+        assert getattr(config, field) == tokenizer.convert_tokens_to_ids(token), field
+    assert config.image_token_id == 151363 and config.video_token_id == 151364
+    stops = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|user|>", "<|observation|>"])
+    assert stops == [151329, 151336, 151338]
+    assert config.text_config.eos_token_id == stops == GenerationConfig.from_pretrained(folder).eos_token_id
+    assert config.text_config.pad_token_id == tokenizer.pad_token_id == 151329
 
 
 def test_check_says_whether_torchao_and_compiling_can_work_here(monkeypatch):

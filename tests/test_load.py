@@ -23,7 +23,8 @@ from glmflash.load import (
     full_size_config,
     quantization_config,
 )
-from tests.conftest import run_cli
+from tests.conftest import favour, run_cli
+from tests.server_helpers import engine_with
 
 
 def test_cpu_auto_is_fp32_with_a_reason():
@@ -122,9 +123,10 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     import shutil
 
     from glmflash.load import _cached_snapshot
+    from glmflash.testing import ensure_tiny_model
 
     snapshot = tmp_path / "hub" / "models--org--fake" / "snapshots" / "abc123"
-    shutil.copytree(cache_dir / "tiny-v1", snapshot)
+    shutil.copytree(ensure_tiny_model(cache_dir), snapshot)
     (tmp_path / "hub" / "models--org--fake" / "refs").mkdir()
     (tmp_path / "hub" / "models--org--fake" / "refs" / "main").write_text("abc123")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -133,3 +135,63 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     monkeypatch.setattr(sd.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
     found = _cached_snapshot("org/fake")
     assert found == str(snapshot)
+
+
+def test_the_full_size_architecture_is_the_published_checkpoint():
+    """The safetensors total of GLM-4.6V-Flash, exactly (2 KV heads; 8 would give 10,544,497,152),
+    and the GLM-4.6V family's image/video ids (151343/151344 are GLM-4.1V's, audio markers here)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config = full_size_config()
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 10_292_777_472
+    assert (config.image_token_id, config.video_token_id) == (151363, 151364)
+    assert (config.image_start_token_id, config.image_end_token_id) == (151339, 151340)
+    assert config.text_config.eos_token_id == [151329, 151336, 151338]
+
+
+def copy_of_tiny(cache_dir, tmp_path, name: str):
+    import shutil
+
+    from glmflash.testing import ensure_tiny_model
+
+    target = tmp_path / name
+    shutil.copytree(ensure_tiny_model(cache_dir), target)
+    return target
+
+
+def edit_json(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_a_config_whose_image_id_is_not_the_tokenizers_is_refused_at_load(cache_dir, tmp_path):
+    from glmflash.errors import CheckpointError
+
+    folder = copy_of_tiny(cache_dir, tmp_path, "wrong-ids")
+    edit_json(folder / "config.json", lambda c: c.update(image_token_id=c["image_token_id"] - 1))
+    with pytest.raises(CheckpointError, match=r"image_token_id=\d+ but the tokenizer's <\|image\|> is \d+"):
+        glmflash.load(str(folder), "fp32", "cpu")
+
+
+def test_a_generation_config_with_one_eos_id_still_ends_the_turn(cache_dir, tmp_path):
+    """A fine-tune whose generation_config.json lists only <|endoftext|>: the engine still stops on
+    <|user|> and <|observation|> (a GLM turn ends by starting the next role)."""
+    folder = copy_of_tiny(cache_dir, tmp_path, "one-eos")
+    endoftext = json.loads((folder / "generation_config.json").read_text())["eos_token_id"][0]
+    edit_json(folder / "generation_config.json", lambda c: c.update(eos_token_id=endoftext))
+    edit_json(folder / "config.json", lambda c: c["text_config"].update(eos_token_id=endoftext))
+    engine = glmflash.load(str(folder), "fp32", "cpu", max_batch_size=1)
+    assert engine.model.generation_config.eos_token_id == endoftext  # what the files say
+    tokens = engine.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|user|>", "<|observation|>"])
+    assert engine.stop_ids == set(tokens)
+    # Make <|user|> the only likely token: the answer ends there, as a stop, not at max_tokens.
+    favour(engine, "<|user|>")
+    for batch in (1, 4):  # the one-at-a-time path and the batcher
+        reply = engine_with(engine, max_batch_size=batch).chat(
+            [{"role": "user", "content": "Hello"}], max_new_tokens=50, temperature=0
+        )
+        assert (reply.finish_reason, reply.usage.completion_tokens, reply.text) == ("stop", 1, "")

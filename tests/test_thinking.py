@@ -71,3 +71,20 @@ def test_lookalike_text_is_kept():
 
 def test_chinese_text_and_spaces_inside_answer():
     assert split(["<think>想一想</think>", "金额是 ", " 1280 元"])[:2] == ("想一想", "金额是  1280 元")
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        TEXT,  # the text-family form: the prompt ends in "<|assistant|>", the model writes "\n<think>"
+        TEXT[1:],  # the vision form: the prompt ends in "<|assistant|>\n", the model writes "<think>"
+    ],
+)
+def test_both_prompt_forms_split_alike(written):
+    assert split([written]) == EXPECTED
+    assert split(list(written)) == EXPECTED  # one character at a time
+
+
+@pytest.mark.parametrize("answer", ["\n1,280 CNY", "1,280 CNY"])  # thinking off, in either form
+def test_an_answer_without_thinking_in_either_form(answer):
+    assert split([answer]) == ("", "1,280 CNY", "")
