@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import GlmflashError, InvalidRequestError
+from .structured import TruncatedOutputError
 from .tasks import Task
 
 log = logging.getLogger("glmflash.jobs")
+RETRY_BUDGET = 4  # a cut-off answer is tried once more with this many times its budget
 TRANSIENT = ("insufficient_memory", "generation_failed", "server_busy", "timeout", "backend_unavailable")
 
 
@@ -209,21 +211,32 @@ def _run_pool(items, work, record, concurrency: int, stop: threading.Event) -> N
 
 
 def _attempt(engine, task: Task, data: bytes, retries: int, backoff_s: float, stop: threading.Event):
-    """(reply, None) or (None, error); transient errors are retried with exponential backoff."""
-    for attempt in range(retries + 1):
+    """(reply, None) or (None, error); transient errors are retried with exponential backoff, and
+    an answer cut off by its token budget is tried once more with a larger budget (RETRY_BUDGET
+    times, up to the engine's limit) before it counts as failed."""
+    limit = engine.settings.max_new_tokens_limit
+    generation = task.generation(limit)
+    widened, attempt = False, 0
+    while True:
         try:
-            return engine.chat(task.messages(data), stop_event=stop, **task.generation()), None
+            return engine.chat(task.messages(data), stop_event=stop, **generation), None
+        except TruncatedOutputError as exc:
+            larger = min(limit, generation["max_new_tokens"] * RETRY_BUDGET)
+            if widened or larger <= generation["max_new_tokens"] or stop.is_set():
+                return None, exc
+            log.warning("%s; trying once more with max_tokens=%d", exc.message, larger)
+            generation, widened = {**generation, "max_new_tokens": larger}, True
         except GlmflashError as exc:
             if exc.code not in TRANSIENT or attempt == retries or stop.is_set():
                 return None, exc
             delay = backoff_s * 2**attempt
+            attempt += 1
             log.warning("transient failure (%s), retrying in %.1f s", exc.message, delay)
             if stop.wait(delay):
                 return None, exc
         except Exception as exc:  # a bug must not end a 100k-image job: record it, go on
             log.exception("unexpected failure")
             return None, GlmflashError(f"unexpected failure: {type(exc).__name__}: {exc}")
-    raise AssertionError("unreachable")
 
 
 def _read(path: Path, max_bytes: int) -> tuple[bytes | None, str | None]:

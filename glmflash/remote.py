@@ -27,7 +27,7 @@ from .errors import GlmflashError, ImageError, InvalidRequestError
 from .images import ImagePolicy, load_image
 from .messages import ask_messages, to_conversation
 from .options import GenerationOptions
-from .structured import OutputError, requested_schema, validate_answer
+from .structured import OutputError, TruncatedOutputError, requested_schema, validate_answer
 
 RETRY_STATUS = (429, 502, 503)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in our logs
@@ -296,7 +296,8 @@ def _error_from(detail: dict, status: int) -> GlmflashError:
     message = f"The backend refused the request ({status}): {detail.get('message') or 'no reason given'}"
     param, code = detail.get("param"), detail.get("code")
     if status == 422 or code == "invalid_output":
-        return OutputError(message, param=param)
+        cut = param in ("max_tokens", "max_new_tokens")  # a glmflash backend's cut-off JSON answer
+        return (TruncatedOutputError if cut else OutputError)(message, param=param)
     if code == "invalid_image":
         return ImageError(message, param=param)
     if status in (400, 404, 413):

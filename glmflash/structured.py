@@ -22,11 +22,19 @@ from transformers import LogitsProcessor
 
 from .errors import GlmflashError, InvalidRequestError
 
-# One-line JSON ('{"a": 1, "b": [2, 3]}'): no free whitespace for a weak model to wander in.
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# One-line JSON ('{"a": 1, "b": [2, 3]}'): no free whitespace for a weak model to wander in, and
+# no \uXXXX escapes (a character is then at most 4 bytes), so an answer's length is bounded by
+# its schema (worst_case_tokens).
+JSON_STYLE = {
+    "whitespace_flexible": False,
+    "item_separator": ", ",
+    "key_separator": ": ",
+    "json_allowed_escapes": '"\\bfnrt',
+}
 # JSON numbers have unbounded digits (even under minimum/maximum); a degenerate model can write
-# "0.3333..." until its budget runs out. After this many digits in a row, other tokens win.
-MAX_DIGIT_RUN = 32
+# "0.3333..." until its budget runs out. A run of digits stops at this many (more than a double's
+# 17 significant digits) wherever the grammar lets the number end.
+MAX_DIGIT_RUN = 20
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SHIFTS = torch.arange(32, dtype=torch.int32)
 
@@ -40,6 +48,10 @@ class OutputError(GlmflashError):
 
     status = 422
     code = "invalid_output"
+
+
+class TruncatedOutputError(OutputError):
+    """The JSON answer ran out of tokens before it was complete: a larger budget may finish it."""
 
 
 def requested_schema(response_format, param: str = "response_format") -> dict | None:
@@ -108,9 +120,10 @@ def validate_answer(text: str, schema: dict, finish_reason: str, max_new_tokens:
     import jsonschema
 
     if finish_reason == "length":
-        raise OutputError(
+        raise TruncatedOutputError(
             f"The JSON answer was cut off at max_tokens={max_new_tokens} before it was complete: allow "
-            "more tokens, or bound the schema (maxLength, maxItems)."
+            "more tokens, or bound the schema (maxLength, maxItems).",
+            param="max_new_tokens",
         )
     try:
         value = json.loads(text)
@@ -124,7 +137,10 @@ def validate_answer(text: str, schema: dict, finish_reason: str, max_new_tokens:
 
 THINKING = {  # how the reasoning before the JSON looks, by what the prompt already holds
     "off": "",  # the prompt holds an empty <think></think>: the JSON comes first
-    "model-opens": "<think> THOUGHT </think> ",  # the model writes its own <think>...</think>
+    # The model writes its own <think>...</think>, after a newline in the text-family prompt form.
+    # llguidance treats every added token as special (flagged so or not, as <think> is not in the
+    # real tokenizer), so <think> here is the single token and THOUGHT cannot swallow </think>.
+    "model-opens": "NL? <think> THOUGHT </think> ",
     "opened": "THOUGHT </think> ",  # the prompt ends in <think>: reasoning, then </think>
 }
 
@@ -139,8 +155,8 @@ def _finite(value) -> None:
 
 def _grammar(schema: dict, *, thinking: str) -> str:
     """Lark for llguidance: the reasoning part, an optional newline (the chat format puts one
-    after </think>), then the JSON value. A lexeme cannot hold a special token, so THOUGHT ends
-    at the model's </think>."""
+    after </think>, and the text-family form before an answer without thinking), then the JSON
+    value. A lexeme cannot hold a special token, so THOUGHT ends at the model's </think>."""
     import llguidance
 
     lark = f"start: {THINKING[thinking]}NL? json\nNL: /\\n/\n"
@@ -164,8 +180,8 @@ class Constraints:
         for i, text in enumerate(tokenizer.convert_ids_to_tokens(list(range(count)))):
             if text and text.isascii() and text.isdigit():
                 self.digits[i] = len(text)
-        bits = np.packbits(np.pad(self.digits > 0, (0, -vocab_size % 32)), bitorder="little")
-        self.not_digit_bits = ~torch.from_numpy(bits.view(np.int32).copy())
+        # room_bits[k]: every token but the digit runs longer than k (k = digits left in a run)
+        self.room_bits = [~_bits(self.digits > k) for k in range(int(self.digits.max()))]
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -202,7 +218,7 @@ class JsonLogitsProcessor(LogitsProcessor):
         self.matchers = [t.deep_copy() if t is not None else None for t in templates]
         self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
         self.stop_ids = constraints.stop_ids
-        self.digits, self.not_digit_bits = constraints.digits, constraints.not_digit_bits
+        self.digits, self.room_bits = constraints.digits, constraints.room_bits
         self.bitmask = torch.full(
             (len(self.rows), (constraints.vocab_size + 31) // 32), -1, dtype=torch.int32
         )
@@ -227,8 +243,9 @@ class JsonLogitsProcessor(LogitsProcessor):
                 row.copy_(self.stop_mask)
                 continue
             self.matchers[i].unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * 4)
-            if self.digit_run[i] >= MAX_DIGIT_RUN:
-                fewer = row & self.not_digit_bits
+            room = max(0, MAX_DIGIT_RUN - self.digit_run[i])
+            if room < len(self.room_bits):  # only shorter digit tokens fit, where the number can go on
+                fewer = row & self.room_bits[room]
                 if bool(fewer.any()):
                     row.copy_(fewer)
         return self._apply(scores)
@@ -262,6 +279,12 @@ class JsonLogitsProcessor(LogitsProcessor):
         dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
         scores[:, stops] = torch.where(dead, 0.0, scores[:, stops])
         return scores
+
+
+def _bits(flags: np.ndarray) -> torch.Tensor:
+    """bool per token -> the int32 bitmask llguidance uses (bit k of the mask is token k)."""
+    packed = np.packbits(np.pad(flags, (0, -len(flags) % 32)), bitorder="little")
+    return torch.from_numpy(packed.view(np.int32).copy())
 
 
 def _unpack(bitmask: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Tasks with structured answers: the shipped presets (moderation, invoice) and users' own.
 
 A task is the prompt sent with each image, the JSON Schema its answer must match, and generation
-defaults (thinking off: it costs tokens). Presets are JSON files in `glmflash/data/tasks/`; copy
-one, edit it, and pass its path wherever a preset name is accepted.
+defaults (thinking off: it costs tokens). Its answer budget covers the longest answer the schema
+allows (budget.worst_case_tokens), so a valid answer is never cut off. Presets are JSON files in
+`glmflash/data/tasks/`; copy one, edit it, and pass its path wherever a preset name is accepted.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .budget import worst_case_tokens
 from .errors import InvalidRequestError
 
 PRESETS = ("moderation", "invoice")
 DEFAULT_LANGUAGE = "English"
+UNBOUNDED_TOKENS = 2048  # the budget for a schema without length bounds (a cut answer is retried)
+THINKING_TOKENS = 8192  # added when a task thinks first: what the official demos give the model
 
 
 @dataclass(frozen=True)
@@ -25,8 +29,17 @@ class Task:
     prompt: str
     schema: dict | None = None  # None: any JSON object
     thinking: bool = False
-    max_new_tokens: int = 1024
+    max_new_tokens: int | None = None  # None: computed from the schema (budget)
     description: str = ""
+
+    @property
+    def budget(self) -> int:
+        """Tokens an answer may take: max_new_tokens when set, else the longest answer the schema
+        allows (plus THINKING_TOKENS when the task thinks first)."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        answer = worst_case_tokens(self.schema) or UNBOUNDED_TOKENS
+        return answer + (THINKING_TOKENS if self.thinking else 0)
 
     def response_format(self) -> dict:
         """The OpenAI `response_format` for this task's answers."""
@@ -42,12 +55,13 @@ class Task:
         content = [{"type": "image", "image": image}, {"type": "text", "text": self.prompt}]
         return [{"role": "user", "content": content}]
 
-    def generation(self) -> dict:
-        """Keyword arguments for Engine.chat / Engine.stream."""
+    def generation(self, limit: int | None = None) -> dict:
+        """Keyword arguments for Engine.chat / Engine.stream; `limit`: the engine's
+        max_new_tokens_limit, which the budget must not pass."""
         return {
             "response_format": self.response_format(),
             "thinking": self.thinking,
-            "max_new_tokens": self.max_new_tokens,
+            "max_new_tokens": min(self.budget, limit) if limit else self.budget,
         }
 
     def key(self) -> str:
@@ -76,12 +90,12 @@ def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
         prompt=data["prompt"].replace("{language}", language),
         schema=_schema(data.get("schema"), origin),
         thinking=bool(data.get("thinking", False)),
-        max_new_tokens=int(data.get("max_new_tokens", 1024)),
+        max_new_tokens=_tokens(data.get("max_new_tokens"), origin),
         description=str(data.get("description", "")),
     )
 
 
-def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: int = 1024) -> Task:
+def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: int | None = None) -> Task:
     """A task from a prompt and (optionally) a JSON Schema file; without one, any JSON object."""
     if not prompt.strip():
         raise InvalidRequestError("The prompt is empty.")
@@ -92,6 +106,14 @@ def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: 
             raise InvalidRequestError(f"Schema file {schema_file} does not exist.")
         schema = _schema(_json(path.read_text("utf-8"), str(path)), str(path))
     return Task(name="custom", prompt=prompt, schema=schema, max_new_tokens=max_new_tokens)
+
+
+def _tokens(value, origin: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{origin}: max_new_tokens must be a positive integer, not {value!r}.")
+    return value
 
 
 def _json(text: str, origin: str):

@@ -18,7 +18,7 @@ from glmflash.errors import InsufficientMemoryError
 from glmflash.jobs import JsonlFile, expand_inputs, export_csv, run_job
 from glmflash.tasks import custom_task, load_task
 from tests.conftest import ROOT, png_bytes
-from tests.server_helpers import wait_until
+from tests.server_helpers import engine_with, wait_until
 
 # A small schema keeps each answer to a few tokens: these tests are about the job, not the model.
 VERDICT = {
@@ -241,3 +241,46 @@ def test_progress_line_shows_counts_rate_and_eta():
     (line,) = stream.getvalue().splitlines()
     assert "28/100" in line and "done 20" in line and "skipped 6" in line and "failed 2" in line
     assert "2.00 img/s" in line and "ETA 0m36s" in line
+
+
+class Budgets:
+    """The real engine, noting the answer budget of every call."""
+
+    def __init__(self, engine):
+        self.engine, self.budgets = engine, []
+        self.info, self.settings = engine.info, engine.settings
+
+    def chat(self, *args, **kwargs):
+        self.budgets.append(kwargs["max_new_tokens"])
+        return self.engine.chat(*args, **kwargs)
+
+
+def test_an_answer_cut_off_by_its_budget_is_tried_once_more_with_a_larger_one(engine, tmp_path):
+    paths = images(tmp_path / "in", 2)
+    tight = replace(load_task("invoice"), max_new_tokens=6)  # no invoice JSON fits in 6 tokens
+    spy = Budgets(engine)
+    summary = run_job(spy, tight, paths, tmp_path / "cut.jsonl")
+    assert spy.budgets == [6, 24, 6, 24]  # once more each, four times the budget, then given up
+    assert (summary.done, summary.failed) == (0, 2)
+    errors = lines(tmp_path / "cut.errors.jsonl")
+    assert {e["code"] for e in errors} == {"invalid_output"} and "max_tokens=24" in errors[0]["error"]
+
+    spy = Budgets(engine_with(engine, max_new_tokens_limit=3000))
+    summary = run_job(spy, replace(tight, max_new_tokens=10_000_000), paths[:1], tmp_path / "big.jsonl")
+    assert spy.budgets == [3000] and summary.done == 1  # never past the engine's limit
+
+
+@pytest.mark.parametrize("preset", ["moderation", "invoice"])
+def test_a_preset_job_with_default_settings_loses_no_image(engine, tmp_path, preset):
+    """As a new user runs it (python -m glmflash batch DIR --task moderation): the model's own
+    sampling, 24 images, batched. The preset's budget covers the longest answer its schema allows,
+    so nothing ends in the errors file."""
+    paths = []
+    for i in range(24):
+        path = tmp_path / "in" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(png_bytes(size=(40 + i, 36), noise=True))
+        paths.append(path)
+    summary = run_job(engine, load_task(preset), paths, tmp_path / "out.jsonl", concurrency=8)
+    assert lines(tmp_path / "out.errors.jsonl") == []
+    assert (summary.done, summary.failed) == (24, 0) and len(lines(tmp_path / "out.jsonl")) == 24

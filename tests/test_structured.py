@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
 import jsonschema
@@ -12,14 +13,17 @@ import pydantic
 import pytest
 import requests
 
-from glmflash.structured import OutputError, SchemaError, requested_schema
+import glmflash
+from glmflash.structured import OutputError, SchemaError, TruncatedOutputError, requested_schema
 from glmflash.tasks import custom_task, load_task
-from tests.conftest import data_url, png_bytes
+from tests.conftest import data_url, favour, png_bytes, prompt_form
 from tests.server_helpers import running_server
 
 SEEDS = range(50)
-# Random weights fill strings up to maxLength and arrays up to maxItems: give them room.
-ROOM = {"max_new_tokens": 2048, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+# Random weights at full temperature are the adversary: they fill strings up to maxLength and arrays
+# up to maxItems, with any characters the grammar allows. ROOM gives them a large budget.
+WILD = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+ROOM = {"max_new_tokens": 2048, **WILD}
 NESTED = {
     "type": "object",
     "properties": {
@@ -62,18 +66,22 @@ def image():
     return png_bytes(size=(56, 56), noise=True)
 
 
-def assert_valid_for_seeds(engine, task, image):
-    for seed in SEEDS:
-        reply = engine.chat(task.messages(image), seed=seed, **{**task.generation(), **ROOM})
+def assert_valid_for_seeds(engine, task, image, seeds=SEEDS):
+    """Within the task's own budget (the longest answer its schema allows): never cut off."""
+    budget = task.generation()["max_new_tokens"]
+    for seed in seeds:
+        reply = engine.chat(task.messages(image), seed=seed, **{**task.generation(), **WILD})
         assert reply.finish_reason == "stop", (seed, reply.text[-80:])
+        assert reply.usage.completion_tokens <= budget
         value = json.loads(reply.text)
         jsonschema.validate(value, task.schema)
         assert reply.parsed == value
 
 
 @pytest.mark.parametrize("preset", ["moderation", "invoice"])
-def test_presets_give_valid_json_for_50_seeds(engine, image, preset):
-    assert_valid_for_seeds(engine, load_task(preset), image)
+def test_presets_give_valid_json_for_many_seeds_within_their_budget(form_engine, image, preset):
+    seeds = SEEDS if prompt_form(form_engine) == "vision" else range(20)  # the second form: fewer
+    assert_valid_for_seeds(form_engine, load_task(preset), image, seeds)
 
 
 def test_a_nested_custom_schema_gives_valid_json_for_50_seeds(engine, image, tmp_path):
@@ -96,23 +104,81 @@ def test_json_object_mode_gives_an_object_or_a_clear_cut_off(engine, image):
             assert isinstance(reply.parsed, dict) and json.loads(reply.text) == reply.parsed
 
 
-def test_streaming_and_thinking_keep_the_json_in_the_answer(engine, image):
-    fmt = load_task("moderation").response_format()
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_streaming_and_thinking_keep_the_json_in_the_answer(form_engine, image, seed):
+    """Thinking on, in both prompt forms: the model opens <think> itself (after a newline, if it
+    likes), reasons, closes it, then writes the JSON; reasoning and answer arrive apart."""
+    task = load_task("moderation")
+    fmt = task.response_format()
     chunks = list(
-        engine.stream(
-            load_task("moderation").messages(image), response_format=fmt, thinking=True, seed=2, **ROOM
-        )
+        form_engine.stream(task.messages(image), response_format=fmt, thinking=True, seed=seed, **ROOM)
     )
     final = chunks[-1]
     answer = "".join(c.text for c in chunks[:-1] if not c.reasoning)
+    reasoning = "".join(c.text for c in chunks[:-1] if c.reasoning)
     assert final.finish_reason == "stop" and json.loads(answer) == final.parsed
     assert final.parsed["verdict"] in ("allow", "review", "block")
+    assert final.usage.reasoning_tokens >= 2  # <think> and </think> at least
+    assert "think>" not in answer + reasoning
+
+
+@pytest.mark.parametrize(
+    ("thinking", "texts"),
+    [
+        ("off", ['{"a": 1}', '\n{"a": 1}']),  # vision form: the prompt ends in a newline; text form: not
+        (
+            "model-opens",
+            ['<think>x</think>{"a": 1}', '\n<think>x</think>\n{"a": 1}', '<think></think>\n{"a": 1}'],
+        ),
+    ],
+)
+def test_the_grammar_accepts_what_the_model_writes_in_both_forms(engine, thinking, texts):
+    from glmflash.structured import Constraints
+
+    constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
+    template = constraints.compile(
+        {"type": "object", "properties": {"a": {"type": "integer"}}}, thinking=thinking
+    )
+    for text in texts:
+        matcher = template.deep_copy()
+        assert matcher.consume_tokens(engine.tokenizer.encode(text, add_special_tokens=False)), (
+            text,
+            matcher.get_error(),
+        )
+        assert matcher.is_accepting(), text
+
+
+def test_the_grammar_keeps_answers_short_escapes_and_digit_runs_bounded(engine):
+    """No \\uXXXX escapes (a character stays at most 4 bytes) and no digit runs past MAX_DIGIT_RUN:
+    what worst_case_tokens counts on."""
+    from glmflash.structured import MAX_DIGIT_RUN, Constraints
+
+    constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 9}}}
+    template = constraints.compile(schema, thinking="off")
+    for text, ok in (('{"s": "a\\n\\"b\\\\"}', True), ('{"s": "\\u0041"}', False), ('{"s": "\\/"}', False)):
+        matcher = template.deep_copy()
+        accepted = matcher.consume_tokens(engine.tokenizer.encode(text, add_special_tokens=False))
+        assert (accepted and matcher.is_accepting()) is ok, text
+    # A model that would write "0.333..." for ever (those tokens' rows of lm_head made dominant)
+    # stops at MAX_DIGIT_RUN digits, because the number can end there.
+    model = glmflash.load("tiny", "fp32", "cpu", cache_dir=engine.settings.cache_dir)
+    favour(model, "0", ".", "3")
+    number = {"type": "number", "minimum": 0, "maximum": 1}
+    digits = {"type": "object", "properties": {"x": number}, "required": ["x"], "additionalProperties": False}
+    reply = model.chat(
+        [{"role": "user", "content": "x"}], thinking=False, temperature=0, max_new_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": digits}},
+    )  # fmt: skip
+    assert re.fullmatch(r'\{"x": [01]\.(\d+)\}', reply.text), reply.text
+    assert len(reply.text.split(".")[1]) - 1 == MAX_DIGIT_RUN  # not one digit more
 
 
 def test_a_cut_off_answer_is_an_error_not_passed_on(engine, image):
     task = load_task("invoice")
-    with pytest.raises(OutputError, match="cut off at max_tokens=12"):
+    with pytest.raises(TruncatedOutputError, match="cut off at max_tokens=12") as info:
         engine.chat(task.messages(image), **{**task.generation(), "max_new_tokens": 12})
+    assert info.value.code == "invalid_output" and info.value.param == "max_new_tokens"
 
 
 @pytest.mark.parametrize(

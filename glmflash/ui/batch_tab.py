@@ -7,7 +7,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -70,7 +69,6 @@ def build_batch_tab(engine, settings) -> None:
             gr.Warning(exc.message)
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        task = replace(task, max_new_tokens=min(task.max_new_tokens, settings.max_new_tokens_limit))
         folder = Path(tempfile.mkdtemp(prefix="glmflash-batch-"))  # fresh per run: nothing is skipped
         job = _Job(engine, task, paths, folder)
         stops[request.session_hash] = job.stop
