@@ -42,6 +42,7 @@ class Chunk:
     usage: Usage | None = None
     timings: Timings | None = None
     parsed: Any = None  # last chunk, with a response_format: the validated JSON value
+    cut_in_reasoning: bool = False  # last chunk: the budget ran out while the model was still thinking
 
     @property
     def is_final(self) -> bool:
@@ -59,6 +60,7 @@ class Reply:
     timings: Timings
     boxed: str = ""
     parsed: Any = None  # with a response_format: the answer as a validated JSON value
+    cut_in_reasoning: bool = False  # finish_reason "length" while still thinking: no answer yet
 
     @classmethod
     def collect(cls, chunks) -> Reply:
@@ -82,6 +84,7 @@ class Reply:
             final.timings,
             "".join(boxed),
             final.parsed,
+            final.cut_in_reasoning,
         )
 
 

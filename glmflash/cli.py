@@ -226,8 +226,9 @@ def _stream_turn(engine, messages, gen, *, show_thinking: bool) -> str:
         for chunk in stream:
             if chunk.is_final:
                 u, t = chunk.usage, chunk.timings
+                finish = "length: cut off while thinking" if chunk.cut_in_reasoning else chunk.finish_reason
                 print(
-                    f"\n[{chunk.finish_reason}] first token {t.ttft_s:.2f} s, {t.tokens_per_s:.1f} tokens/s, "
+                    f"\n[{finish}] first token {t.ttft_s:.2f} s, {t.tokens_per_s:.1f} tokens/s, "
                     f"prompt {u.prompt_tokens} (images {u.image_tokens}), answer {u.completion_tokens} "
                     f"(reasoning {u.reasoning_tokens})",
                     file=sys.stderr,

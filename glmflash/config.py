@@ -30,8 +30,8 @@ class Settings:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 | int8 | int4
     quantizer: str = "bitsandbytes"  # int8/int4 library: bitsandbytes (least memory) | torchao (int8)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_new_tokens: int = 4096  # default answer budget (reasoning included)
-    max_new_tokens_limit: int = 16384  # the most a caller may ask for
+    max_new_tokens: int = 8192  # default answer budget, thinking included (the official demos give 8192)
+    max_new_tokens_limit: int = 32768  # the most a caller may ask for
     max_image_pixels: int = 1_048_576  # downscale budget, ~1,340 visual tokens
     max_image_bytes: int = 20_000_000  # encoded size accepted per image
     max_decoded_pixels: int = 64_000_000  # declared size above this is refused before decoding

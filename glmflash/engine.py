@@ -351,6 +351,7 @@ class Engine:
             usage=Usage(prompt_tokens, image_tokens, count, reasoning_tokens),
             timings=Timings((first or end) - started, rate, end - started),
             parsed=parsed,
+            cut_in_reasoning=finish == "length" and splitter.reasoning,
         )
 
 

@@ -183,7 +183,7 @@ class RemoteEngine:
             done = threading.Event()
             watcher = threading.Thread(target=_close_on_stop, args=(stop, done, response), daemon=True)
             watcher.start()
-            answer, first, count, finish, usage = [], None, 0, None, None
+            answer, first, count, finish, usage, cut = [], None, 0, None, None, False
             try:
                 for event in _events(response):
                     if "error" in event:
@@ -200,6 +200,7 @@ class RemoteEngine:
                                     answer.append(text)
                                 yield Chunk(text, reasoning)
                         finish = choice.get("finish_reason") or finish
+                        cut = cut or bool(choice.get("cut_in_reasoning"))
             except (httpx.TransportError, httpx.StreamError):
                 if not stop.is_set():
                     raise BackendError(
@@ -225,6 +226,8 @@ class RemoteEngine:
                     end - started,
                 ),
                 parsed=parsed,
+                # a glmflash backend says so; any other: the budget ran out with no answer yet
+                cut_in_reasoning=finish == "length" and (cut or (count > 0 and not answer)),
             )
         finally:
             with self._count_lock:

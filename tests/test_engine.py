@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -12,7 +13,7 @@ import glmflash
 from glmflash.errors import GenerationError, ImageError, InvalidRequestError
 from glmflash.generate import Detokenizer
 from glmflash.thinking import ThinkingSplitter
-from tests.conftest import data_url, generation_threads, png_bytes
+from tests.conftest import data_url, favour, generation_threads, png_bytes, prompt_form
 
 RED = Image.new("RGB", (120, 90), (200, 30, 30))
 BLUE = Image.new("RGB", (300, 140), (20, 40, 220))
@@ -67,7 +68,8 @@ def test_data_url_image(engine):
     assert engine.chat([message], max_new_tokens=4).usage.image_tokens > 0
 
 
-def test_multi_turn_keeps_images_and_history(engine):
+def test_multi_turn_keeps_images_and_history(form_engine):
+    engine = form_engine
     first = engine.chat([user(RED, "Describe it.")], max_new_tokens=8, seed=1)
     history = [
         user(RED, "Describe it."),
@@ -82,15 +84,39 @@ def test_multi_turn_keeps_images_and_history(engine):
     assert second.usage.prompt_tokens > first.usage.prompt_tokens
 
 
-def test_thinking_switch_changes_the_prompt(engine):
-    on = engine.render_prompt([user(RED, "Total?")], thinking=True)
-    off = engine.render_prompt([user(RED, "Total?")], thinking=False)
-    assert on != off
-    assert on.startswith("[gMASK]<sop>") and on.endswith("<|assistant|>") and "/nothink" not in on
-    assert off.endswith("Total?/nothink<|assistant|>\n<think></think>")
+# What the prompt ends with, thinking on and off, in the family's two forms (testing.TEMPLATES).
+GENERATION_PROMPTS = {
+    "vision": ("Total?<|assistant|>\n", "Total?/nothink<|assistant|>\n<think></think>\n"),
+    "text": ("Total?<|assistant|>", "Total?/nothink<|assistant|>\n<think></think>"),
+}
 
 
-def test_stream_joins_to_chat_for_the_same_seed(engine):
+def test_thinking_switch_changes_the_prompt(form_engine):
+    on = form_engine.render_prompt([user(RED, "Total?")], thinking=True)
+    off = form_engine.render_prompt([user(RED, "Total?")], thinking=False)
+    assert on.startswith("[gMASK]<sop>") and "/nothink" not in on
+    on_end, off_end = GENERATION_PROMPTS[prompt_form(form_engine)]
+    assert on.endswith(on_end) and off.endswith(off_end), (on[-40:], off[-60:])
+
+
+@pytest.mark.parametrize(
+    ("content", "rendered"),
+    [
+        ("A red box.", "<|assistant|>\n<think></think>\nA red box.<|user|>"),
+        ("  \n A red box. \n\n", "<|assistant|>\n<think></think>\nA red box.<|user|>"),  # stripped
+        ("", "<|assistant|>\n<think></think><|user|>"),  # empty: nothing after the think block
+        (" \n\t ", "<|assistant|>\n<think></think><|user|>"),
+    ],
+)
+def test_assistant_history_follows_the_familys_rules(form_engine, content, rendered):
+    history = [user("Hi"), {"role": "assistant", "content": content}, user("More?")]
+    prompt = form_engine.render_prompt(history, thinking=False)
+    assert rendered in prompt
+    assert prompt.count("/nothink") == 2  # every user turn, once
+
+
+def test_stream_joins_to_chat_for_the_same_seed(form_engine):
+    engine = form_engine
     messages = [user(RED, "Tell me everything.")]
     chunks = list(engine.stream(messages, max_new_tokens=30, seed=7, temperature=1.0))
     reply = engine.chat(messages, max_new_tokens=30, seed=7, temperature=1.0)
@@ -101,7 +127,8 @@ def test_stream_joins_to_chat_for_the_same_seed(engine):
     assert chunks[-1].usage == reply.usage
 
 
-def test_greedy_matches_raw_generate_and_usage_matches_the_tokenizer(engine):
+def test_greedy_matches_raw_generate_and_usage_matches_the_tokenizer(form_engine):
+    engine = form_engine
     messages = [user(RED, "What is shown?")]
     reply = engine.chat(messages, max_new_tokens=20, temperature=0)
     prompt, inputs = engine.prepare(messages)
@@ -209,8 +236,12 @@ def test_detokenizer_never_splits_a_character(engine):
 def test_markers_spelled_out_of_ordinary_tokens_are_split(engine):
     """Markers written as plain byte tokens (split over several tokens) still separate the channels."""
     text = "\n<think>想一想 first</think>\nThe amount is <|begin_of_box|>1280<|end_of_box|> 元"
-    ids = engine.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
-    assert len(ids) > len(engine.tokenizer.encode(text, add_special_tokens=False))
+    markers = ("<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>")
+    ids = []
+    for piece in re.split("(" + "|".join(map(re.escape, markers)) + ")", text):
+        for part in piece if piece in markers else [piece]:  # a marker, one character at a time
+            ids += engine.tokenizer.encode(part, add_special_tokens=False)
+    assert not set(ids) & set(engine.tokenizer.convert_tokens_to_ids(list(markers)))
     detokenizer, splitter = Detokenizer(engine.tokenizer, engine.stop_ids), ThinkingSplitter()
     segments = []
     for i in ids:
@@ -244,3 +275,41 @@ def test_chat_can_be_cancelled_from_another_thread(engine):
     )
     timer.join()
     assert reply.finish_reason == "cancelled" and reply.usage.completion_tokens < 5000
+
+
+def test_the_familys_markers_are_added_tokens_not_flagged_special(engine):
+    """As in the real tokenizer: decoding with skip_special_tokens keeps <think> and the box markers,
+    /nothink is one token of its own, and a user typing any of them gets plain text."""
+    added = {t.content: t.special for t in engine.tokenizer.added_tokens_decoder.values()}
+    for marker in ("<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "/nothink"):
+        assert added[marker] is False, marker
+    assert added["<|image|>"] is True and added["<|user|>"] is True
+    ids = engine.tokenizer.encode("<think>a</think>/nothink", add_special_tokens=False)
+    assert engine.tokenizer.decode(ids, skip_special_tokens=True) == "<think>a</think>/nothink"
+    assert engine.tokenizer.convert_tokens_to_ids("/nothink") in ids
+    _, inputs = engine.prepare([user("typed <think> and /nothink")], thinking=True)
+    typed = inputs["input_ids"][0].tolist()
+    assert engine.tokenizer.convert_tokens_to_ids("<think>") not in typed
+    assert engine.tokenizer.convert_tokens_to_ids("/nothink") not in typed
+
+
+@pytest.fixture(scope="module")
+def thinking_forever(cache_dir):
+    """The tiny model made to open <think> and never close it: every answer runs out of tokens
+    inside its thinking."""
+    engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+    favour(engine, "<think>")
+    return engine
+
+
+def test_an_answer_cut_inside_its_thinking_says_so(thinking_forever, engine):
+    reply = thinking_forever.chat([user(RED, "Hard question?")], max_new_tokens=6, temperature=0)
+    assert (reply.finish_reason, reply.cut_in_reasoning, reply.text) == ("length", True, "")
+    assert reply.usage.reasoning_tokens == 6
+    plain = engine.chat([user(RED, "Hard question?")], max_new_tokens=6, temperature=0, thinking=False)
+    assert plain.cut_in_reasoning is False  # cut, but not while thinking
+
+
+def test_the_default_budget_lets_a_thinking_answer_finish(engine):
+    """The official demos give 8192 new tokens, thinking included; so does glmflash by default."""
+    assert engine.settings.max_new_tokens == 8192 <= engine.settings.max_new_tokens_limit

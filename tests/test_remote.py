@@ -13,8 +13,9 @@ import glmflash
 from glmflash.errors import GlmflashError, ImageError, InvalidRequestError
 from glmflash.jobs import run_job
 from glmflash.remote import RemoteEngine
+from glmflash.structured import TruncatedOutputError
 from glmflash.tasks import custom_task, load_task
-from tests.conftest import png_bytes
+from tests.conftest import favour, png_bytes
 from tests.server_helpers import engine_with, free_port, running_server, wait_until
 
 SMALL = {
@@ -166,3 +167,28 @@ def test_a_glmflash_front_serves_the_api_and_page_from_a_backend(served):
         )
         assert reply.usage.completion_tokens == 3
         assert requests.get(f"{front}/", timeout=30).status_code == 200
+
+
+def test_an_answer_cut_inside_its_thinking_is_flagged_through_api_and_remote_engine(cache_dir):
+    """A model that thinks for ever: the API's choice says cut_in_reasoning (plain and streamed),
+    and a RemoteEngine in front of it says so too; a cut-off JSON answer stays retryable there."""
+    import openai
+    import requests
+
+    thinker = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+    favour(thinker, "<think>")
+    with running_server(thinker) as (url, _):
+        body = {"messages": [{"role": "user", "content": "Why?"}], "max_tokens": 5}
+        choice = requests.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()["choices"][0]
+        assert (choice["finish_reason"], choice["cut_in_reasoning"]) == ("length", True)
+        assert (
+            choice["message"]["content"] == ""
+        )  # no answer yet: only thinking (here, <think> after <think>)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        final = [c for c in client.chat.completions.create(**body, model="m", stream=True) if c.choices][-1]
+        assert final.choices[0].finish_reason == "length" and final.choices[0].model_extra["cut_in_reasoning"]
+        remote = glmflash.load(f"{url}/v1")
+        assert remote.chat(body["messages"], max_new_tokens=5).cut_in_reasoning
+        fmt = load_task("moderation").response_format()
+        with pytest.raises(TruncatedOutputError, match="cut off"):
+            remote.chat(body["messages"], max_new_tokens=5, response_format=fmt, thinking=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -16,8 +17,9 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
 pytestmark = pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
 
 
-@pytest.fixture(scope="module")
-def site(engine):
+@contextlib.contextmanager
+def serving(engine, **settings):
+    """The page and API for `engine` on a free loopback port."""
     import threading
     import time
 
@@ -26,17 +28,24 @@ def site(engine):
     from glmflash.config import Settings
     from glmflash.server.run import build_app
 
-    settings = Settings(max_new_tokens=64)
-    app = build_app(engine, settings)
+    app = build_app(engine, Settings(**settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{config.port}"
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def site(engine):
+    with serving(engine, max_new_tokens=64) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +269,19 @@ def test_batch_stop_ends_the_run_and_frees_the_engine(page, engine, tmp_path):
     status = wait_for_status(page, "Stopped", timeout=10_000)
     assert "of 8 images" in status
     expect(page.locator("#batch-run")).to_be_enabled()
+
+
+def test_an_answer_cut_off_while_thinking_says_so(browser, cache_dir):
+    import glmflash
+    from tests.conftest import favour
+
+    thinker = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+    favour(thinker, "<think>")  # it opens <think> and never closes it
+    with serving(thinker, max_new_tokens=16) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 1300})
+        page.goto(url)
+        page.wait_for_selector("#ask textarea", timeout=60_000)
+        ask(page, "A hard question")
+        figures = wait_for_figures(page)
+        assert "Cut off while still thinking" in figures and "Max tokens (16)" in figures
+        page.close()

@@ -181,7 +181,8 @@ async def _sse(call, first, body, state: ServerState, record):
                 raise _deadline_error(state.settings)
             if item.is_final:
                 usage, timings = item.usage, item.timings
-                final = protocol.chunk(request_id, model, created, {}, protocol.finish(item.finish_reason))
+                reason = protocol.finish(item.finish_reason)
+                final = protocol.chunk(request_id, model, created, {}, reason, extra=protocol.cut(item))
                 yield _event(final)
                 if body.include_usage:
                     yield _event(protocol.chunk(request_id, model, created, {}, usage=item.usage))

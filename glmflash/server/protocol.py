@@ -143,25 +143,33 @@ def completion(reply, *, request_id: str, model: str) -> dict:
                 },
                 "finish_reason": finish(reply.finish_reason),
                 "logprobs": None,
+                **cut(reply),
             }
         ],
         "usage": usage_dict(reply.usage),
     }
 
 
-def chunk(request_id: str, model: str, created: int, delta: dict, finish_reason=None, usage=None) -> dict:
+def chunk(
+    request_id: str, model: str, created: int, delta: dict, finish_reason=None, usage=None, extra=None
+) -> dict:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None, **(extra or {})}
     body = {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": []
-        if usage is not None
-        else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        "choices": [] if usage is not None else [choice],
     }
     if usage is not None:
         body["usage"] = usage_dict(usage)
     return body
+
+
+def cut(final) -> dict:
+    """The choice's `cut_in_reasoning` field: only when the budget ran out inside the thinking
+    (finish_reason "length" with no answer yet), so a client can tell "raise max_tokens"."""
+    return {"cut_in_reasoning": True} if final.cut_in_reasoning else {}
 
 
 def finish(reason: str) -> str:

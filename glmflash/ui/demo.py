@@ -221,6 +221,8 @@ def _figures(final, t, info) -> str:
         import torch
 
         text += t["gpu"].format(gib=torch.cuda.max_memory_allocated() / 1024**3)
+    if final.cut_in_reasoning:
+        text = t["cut_in_reasoning"].format(tokens=u.completion_tokens) + "\n\n" + text
     return text
 
 

@@ -30,6 +30,10 @@ LABELS = {
         "gpu": " · peak GPU memory {gib:.1f} GiB",
         "examples": "Examples (click one)",
         "stopped": "stopped",
+        "cut_in_reasoning": (
+            "⚠️ **Cut off while still thinking**: the answer ran out of Max tokens ({tokens}) before the "
+            "model finished its reasoning. Raise Max tokens under Advanced, or switch thinking off."
+        ),
         "batch_tab": "Batch",
         "batch_intro": (
             "Run one task over many images; every answer is JSON in the task's fixed shape. Download the "
@@ -87,6 +91,10 @@ LABELS = {
         "gpu": " · GPU 显存峰值 {gib:.1f} GiB",
         "examples": "示例（点击试用）",
         "stopped": "已停止",
+        "cut_in_reasoning": (
+            "⚠️ **思考尚未结束就被截断**：模型还在思考时已用完最大生成长度（{tokens}），没有给出回答。"
+            "请在高级设置中调高最大生成长度，或关闭思考。"
+        ),
         "batch_tab": "批量处理",
         "batch_intro": (
             "对多张图片执行同一个任务，每个回答都是该任务固定格式的 JSON。结果可下载为 JSON Lines 或 CSV。"
