@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests share one batched `model.generate`.
+"""Dynamic batching: concurrent requests share one batched `model.generate` (its only caller).
 
 One worker thread takes the oldest waiting request, waits up to `max_wait_s` for requests that
 are already on their way (still decoding their images; those with the same sampling settings
@@ -24,7 +24,6 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from .decoding import CacheKeeper, cache_tokens, is_compiled
-from .generate import drain
 
 _END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
@@ -97,6 +96,7 @@ class Batcher:
         self._last_end = 0.0  # when the last batch ended: after a pause, traffic is not steady
         self._last_key = None  # its sampling settings: other requests are not its traffic
         self.generating = False
+        self.preparing = False  # making the first row's inputs
         self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
         self._thread.start()
         # A thread that ran torch must end before the interpreter does, or the process aborts.
@@ -105,7 +105,7 @@ class Batcher:
     @property
     def busy(self) -> bool:
         """A batch is generating, or requests are waiting for one."""
-        return self.generating or bool(self.waiting)
+        return self.generating or self.preparing or bool(self.waiting)
 
     def close(self) -> None:
         """Finish the batch in hand, then end the worker; later requests are refused."""
@@ -115,13 +115,16 @@ class Batcher:
         self._thread.join(timeout=30)
         atexit.unregister(self.close)  # nothing left to hold the model
 
-    def tokens(self, inputs, config, seed, stop, template) -> Iterator[tuple[int, float]]:
-        """Queue one request; yield (token id, time) as its row produces them."""
+    def tokens(self, inputs, config, seed, stop, template, on_queued=None) -> Iterator[tuple[int, float]]:
+        """Queue one request (its model inputs, or a function that makes them on the batcher's
+        thread); yield (token id, time) as its row produces them."""
         row = _Row(inputs, config, seed, stop, template)
         with self.ready:
             if self._closed:
                 raise RuntimeError("This engine was closed.")
             self.waiting.append(row)
+            if on_queued is not None:
+                on_queued()
             self.ready.notify()
         try:
             while True:
@@ -144,6 +147,8 @@ class Batcher:
             rows = self._collect()
             if rows is None:
                 return
+            if not rows:  # its one request failed before it began
+                continue
             try:
                 self._generate(rows)
             except BaseException as exc:  # handed to every caller of the batch
@@ -174,6 +179,13 @@ class Batcher:
                     row.end()
                 return None
             first = self.waiting.popleft()
+            self.preparing = True
+        try:  # its inputs, when the batcher makes them: outside the lock, so others can queue meanwhile
+            if not _made(first):
+                return []
+        finally:
+            self.preparing = False
+        with self.ready:
             rows, started = [first], time.monotonic()
             steady_traffic = first.key == self._last_key and started - self._last_end < STEADY_S
             steady = self._last_size if steady_traffic else 1
@@ -196,7 +208,7 @@ class Batcher:
         return taken
 
     def _generate(self, rows: list[_Row]) -> None:
-        rows = [row for row in rows if not row.finished()]  # cancelled while waiting: no prefill
+        rows = [row for row in rows if not row.finished() and _made(row)]  # cancelled: no prefill
         if not rows:
             return
         _remember(self.sizes, len(rows))
@@ -211,7 +223,7 @@ class Batcher:
         processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
-            from .structured import JsonLogitsProcessor
+            from .grammar import JsonLogitsProcessor
 
             processors.append(JsonLogitsProcessor(templates, self.constraints()))
         if rows[0].seed is not None:
@@ -230,6 +242,31 @@ class Batcher:
                 )
         finally:
             self.generating = False
+
+
+def _made(row: _Row) -> bool:
+    """Make a row's model inputs here when it brought a function for them (torch's CPU worker
+    pool belongs to the thread that uses it: one thread for the processor and the model is
+    faster on a small machine); a row whose inputs fail gets the error and is left out."""
+    if callable(row.inputs):
+        try:
+            row.inputs = row.inputs()
+        except BaseException as exc:  # the caller's error (e.g. context too long), not the batch's
+            row.tokens.put(exc)
+            row.end()
+            return False
+    return True
+
+
+def drain(tokens: queue.SimpleQueue, end) -> list:
+    """Block for one item, then take whatever else is there, stopping after `end`."""
+    items = [tokens.get()]
+    while items[-1] is not end:
+        try:
+            items.append(tokens.get_nowait())
+        except queue.Empty:
+            break
+    return items
 
 
 def _remember(history: list, value) -> None:

@@ -106,21 +106,23 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
 
 
 def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]) -> dict:
-    reset_peak_memory(engine.info.device)
+    from .engine import Engine
+
+    engine.reset_peak_memory()
     warm = workload(2, size)
-    local = hasattr(engine, "model")  # a RemoteEngine has no model here: its own 1-by-1 is the baseline
+    local = isinstance(engine, Engine)  # raw model.generate is the baseline; remote: its own 1 by 1
     if local:
         baseline(engine, warm[:1], tokens)  # warm-up both paths
     through_engine(engine, warm, tokens, 2)
-    reset_peak_memory(engine.info.device)  # the one-image peak: requests one at a time, nothing else
+    engine.reset_peak_memory()  # the one-image peak: requests one at a time, nothing else
     if local:
         base = baseline(engine, workload(requests, size), tokens)
     else:
         base = through_engine(engine, workload(requests, size), tokens, 1)
-    peak_one = peak_memory(engine.info.device)
+    peak_one = peak_memory(engine)
     levels = []
     for n in concurrency:
-        if getattr(engine, "compiled", False):  # each new batch shape compiles first: not timed
+        if engine.info.compiled:  # each new batch shape compiles first: not timed
             through_engine(engine, workload(n, size), tokens, n)
         level = through_engine(engine, workload(max(requests, n * 2), size), tokens, n)
         level["images_per_s_ratio"] = level["images_per_s"] / base["images_per_s"]
@@ -133,8 +135,8 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "device_name": device_name(engine.info.device),
         "precision": engine.info.precision,
         "max_batch_size": engine.settings.max_batch_size,
-        "compiled": bool(getattr(engine, "compiled", False)),
-        "quantizer": getattr(engine.settings, "quantizer", ""),
+        "compiled": engine.info.compiled,
+        "quantizer": engine.info.quantizer,
         "workload": {
             "image": f"{size}x{size}",
             "question": QUESTION,
@@ -144,11 +146,9 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "baseline": base,
         "levels": levels,
         "images_per_s": max(level["images_per_s"] for level in levels),
-        "peak_memory_bytes": peak_memory(engine.info.device),  # with the most callers at once
+        "peak_memory_bytes": peak_memory(engine),  # with the most callers at once
         "peak_memory_one_image_bytes": peak_one,
-        "peak_memory_kind": "GPU (torch max allocated)"
-        if engine.info.device.startswith("cuda")
-        else "process RSS",
+        "peak_memory_kind": "process RSS" if engine.memory() is None else "GPU (torch max allocated)",
     }
 
 
@@ -184,14 +184,11 @@ def device_name(device: str) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def reset_peak_memory(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
-
-
-def peak_memory(device: str) -> int:
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated(torch.device(device)))
+def peak_memory(engine) -> int:
+    """The engine's accelerator peak; without one (CPU, remote), this process's peak RSS."""
+    memory = engine.memory()
+    if memory is not None:
+        return memory.peak_bytes
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 

@@ -89,8 +89,16 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """An engine's accelerator memory in bytes: allocated now, the peak since the last reset."""
+
+    allocated_bytes: int
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
 class EngineInfo:
-    """What is loaded, where, and how big it is."""
+    """What is loaded, where, and how big it is; how it decodes (compiled, the quantizer)."""
 
     model_id: str
     source: str
@@ -102,6 +110,8 @@ class EngineInfo:
     max_image_pixels: int
     demo_model: bool
     placement_reason: str = ""
+    compiled: bool = False  # static KV cache + torch.compile'd decoding (GLMFLASH_COMPILE) in effect
+    quantizer: str = ""  # the library behind int8/int4 weights; empty otherwise
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

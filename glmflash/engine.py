@@ -1,15 +1,14 @@
-"""Engine: images + messages in, a stream of reasoning/answer chunks out.
+"""Engine: the engine contract (contract.EngineBase) over a transformers model on this machine.
 
-Concurrent requests share batched generations (batching.py) when settings.max_batch_size > 1;
-otherwise they take turns.
-
-`stream()` is the primitive (usage, timings and finish_reason arrive on its last chunk);
-`chat()` collects it and `ask()` is the notebook one-liner.
+Every request goes through one path: checked and rendered here (pipeline.prepare), then generated
+by the batcher (batching.py, the only caller of `model.generate`; a lone request is a batch of one
+that starts at once), its tokens detokenised and split into reasoning and answer (text.py), and
+closed with usage and timings (pipeline.closing).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -19,22 +18,22 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .batching import Batcher
-from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
+from .chunks import Chunk, EngineInfo, Memory, Timings, Usage
 from .config import Settings
+from .contract import EngineBase
 from .decoding import compiled_config
 from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
-from .generate import Detokenizer, run_tokens, stream_tokens
-from .images import ImagePolicy, load_image
+from .images import ImagePolicy
 from .load import stop_token_ids
-from .messages import ask_messages, to_conversation
-from .options import GenerationOptions
-from .structured import Constraints, JsonLogitsProcessor, requested_schema, validate_answer
-from .thinking import THINK_OPEN, ThinkingSplitter
+from .messages import ask_messages
+from .pipeline import Clock, Request, closing, prepare
+from .text import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
+from .thinking import THINK_OPEN
 
 log = logging.getLogger("glmflash")
 
 
-class Engine:
+class Engine(EngineBase):
     """A loaded model with its processor. Build one with `glmflash.load()`."""
 
     def __init__(self, model, processor, info: EngineInfo, settings: Settings):
@@ -44,14 +43,13 @@ class Engine:
         self.info = info
         self.settings = settings
         self.image_policy = ImagePolicy.from_settings(settings)
-        self._lock = threading.Lock()
         self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
-        self._json: Constraints | None = None  # grammar support, made when JSON output is first asked for
+        self._json = None  # grammar.Constraints  # grammar support, made when JSON output is first asked for
         self._batch: Batcher | None = None
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         self.stop_ids = stop_token_ids(model, self.tokenizer)
         self.image_token_id = model.config.image_token_id
-        specials = set(self.tokenizer.all_special_tokens)
+        specials = set(self.tokenizer.all_special_tokens) | set(FAMILY_CONTROL_TOKENS)
         specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
         self.control_tokens = tuple(sorted(specials))
         text_config = getattr(model.config, "text_config", model.config)
@@ -64,6 +62,10 @@ class Engine:
                 "use GLMFLASH_QUANTIZER=torchao).",
                 type(quantizer).__name__,
             )
+        quantized = info.precision in ("int8", "int4")
+        self.info = dataclasses.replace(
+            info, compiled=self.compiled, quantizer=settings.quantizer if quantized else ""
+        )
 
     # -- public API -------------------------------------------------------------------------
 
@@ -78,28 +80,23 @@ class Engine:
         """Validate and prepare now (errors raise here), then stream chunks as they are generated.
 
         `gen`: max_new_tokens, min_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-        thinking. Set `stop_event` (or close the iterator) to cancel.
+        thinking, response_format. Set `stop_event` (or close the iterator) to cancel.
         """
-        return self._start(messages, stop_event, image_policy, gen, stream_tokens)
-
-    def chat(
-        self,
-        messages: Sequence[dict],
-        *,
-        stop_event: threading.Event | None = None,
-        image_policy: ImagePolicy | None = None,
-        **gen,
-    ) -> Reply:
-        """The whole reply at once: the same chunks as `stream`, collected.
-
-        The model runs on the calling thread here (nobody reads tokens while they are made), which
-        saves a thread hop that costs a small model on a small CPU up to a fifth of its speed.
-        """
-        return Reply.collect(self._start(messages, stop_event, image_policy, gen, run_tokens))
-
-    def ask(self, image, question: str, **gen) -> Reply:
-        """One question about one image (or a list of images, or None)."""
-        return self.chat(ask_messages(image, question), **gen)
+        started = time.perf_counter()
+        ticket = _Ticket(self)  # on its way: the batcher waits for it
+        try:
+            request = prepare(
+                messages, gen, self.settings, image_policy or self.image_policy,
+                control_tokens=self.control_tokens, started=started,
+            )  # fmt: skip
+            prompt = self._template(request)
+            template = self._grammar(request, prompt)
+        except BaseException:
+            ticket.release()
+            raise
+        chunks = self._run(ticket, request, prompt, template, stop_event or threading.Event())
+        weakref.finalize(chunks, ticket.release)  # a stream never read still leaves
+        return chunks
 
     def warm_up(self) -> float:
         """With compiled decoding: compile the decode step for what a server meets before a caller
@@ -147,28 +144,49 @@ class Engine:
         if self._batch is not None:
             self._batch.close()
 
+    @property
+    def busy(self) -> bool:
+        """The model is generating (or requests are waiting for it)."""
+        return self._batch is not None and self._batch.busy
+
+    def memory(self) -> Memory | None:
+        if not self.info.device.startswith("cuda"):
+            return None
+        device = torch.device(self.info.device)
+        return Memory(int(torch.cuda.memory_allocated(device)), int(torch.cuda.max_memory_allocated(device)))
+
+    def reset_peak_memory(self) -> None:
+        if self.info.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(torch.device(self.info.device))
+
     def render_prompt(self, messages: Sequence[dict], *, thinking: bool = True) -> str:
         """The exact prompt text the model will see (images as placeholders)."""
         return self.prepare(messages, thinking=thinking)[0]
 
     def prepare(self, messages, *, thinking: bool = True, image_policy: ImagePolicy | None = None):
         """Messages -> (prompt text, model inputs on the device). Decodes and guards the images."""
-        prompt, images = self._render(messages, thinking, image_policy)
-        return prompt, self._tensors(prompt, images)
+        request = prepare(
+            messages, {"thinking": thinking}, self.settings, image_policy or self.image_policy,
+            control_tokens=self.control_tokens, started=time.perf_counter(),
+        )  # fmt: skip
+        prompt = self._template(request)
+        return prompt, self._tensors(prompt, request.images)
 
-    def _render(self, messages, thinking: bool, image_policy: ImagePolicy | None):
-        """Check messages and decode images (no torch); render the prompt text."""
-        policy = image_policy or self.image_policy
-        conversation, images = to_conversation(
-            messages,
-            load_image=lambda source: load_image(source, policy),
-            max_images=self.settings.max_images,
-            control_tokens=self.control_tokens,
+    def _template(self, request: Request) -> str:
+        return self.processor.apply_chat_template(
+            request.conversation,
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=request.options.thinking,
         )
-        prompt = self.processor.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-        )
-        return prompt, images
+
+    def _grammar(self, request: Request, prompt: str):
+        """The compiled JSON grammar for a response_format, or None."""
+        if request.schema is None:
+            return None
+        opened = prompt.rstrip().endswith(THINK_OPEN)
+        thinking = "off" if not request.options.thinking else "opened" if opened else "model-opens"
+        return self._constraints().compile(request.schema, thinking=thinking)
 
     def _tensors(self, prompt: str, images: list) -> dict:
         try:
@@ -196,60 +214,26 @@ class Engine:
 
     # -- the streaming loop -----------------------------------------------------------------
 
-    def _start(self, messages, stop_event, image_policy, gen, tokens_fn) -> Iterator[Chunk]:
-        """Validate and render now, so bad input raises at the call; generate when iterated."""
-        started = time.perf_counter()
-        ticket = _Ticket(self)  # on its way: the batcher waits for it
-        try:
-            prepared = self._prepare_request(messages, image_policy, gen)
-        except BaseException:
-            ticket.release()
-            raise
-        chunks = self._run(ticket, *prepared, stop_event or threading.Event(), started, tokens_fn)
-        weakref.finalize(chunks, ticket.release)  # a stream never read still leaves
-        return chunks
+    def _constraints(self):
+        from .grammar import Constraints
 
-    def _prepare_request(self, messages, image_policy, gen):
-        schema = requested_schema(gen.pop("response_format", None))
-        options = GenerationOptions.build(
-            default_max_new_tokens=self.settings.max_new_tokens,
-            max_new_tokens_limit=self.settings.max_new_tokens_limit,
-            **gen,
-        )
-        prompt, images = self._render(messages, options.thinking, image_policy)
-        template = None
-        if schema is not None:
-            opened = prompt.rstrip().endswith(THINK_OPEN)
-            thinking = "off" if not options.thinking else "opened" if opened else "model-opens"
-            template = self._constraints().compile(schema, thinking=thinking)
-        return prompt, images, options, (schema, template)
-
-    def _constraints(self) -> Constraints:
         with self._setup_lock:
             if self._json is None:  # wrapping the tokenizer takes up to a second: only when first asked
                 vocab = self.model.get_output_embeddings().weight.shape[0]
                 self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
             return self._json
 
-    @property
-    def busy(self) -> bool:
-        """The model is generating (or requests are waiting for it)."""
-        return self._lock.locked() or (self._batch is not None and self._batch.busy)
-
-    def _batcher(self) -> Batcher | None:
-        """The dynamic batcher, started on first use: with settings.max_batch_size > 1, or with
-        compiled decoding (its compiled graphs must all run on one thread)."""
-        if self.settings.max_batch_size <= 1 and not self.compiled:
-            return None
+    def _batcher(self) -> Batcher:
+        """The batcher, started on first use: it runs every generation (compiled graphs, too, must
+        all run on one thread); with max_batch_size 1 it runs them one at a time."""
         with self._setup_lock:
             if self._batch is None:
+                pad = self.tokenizer.pad_token_id
                 self._batch = Batcher(
                     self.model,
                     self.stop_ids,
-                    self.tokenizer.pad_token_id
-                    if self.tokenizer.pad_token_id is not None
-                    else min(self.stop_ids),
-                    max_batch_size=self.settings.max_batch_size,
+                    pad if pad is not None else min(self.stop_ids),
+                    max_batch_size=max(1, self.settings.max_batch_size),
                     max_wait_s=self.settings.batch_wait_ms / 1000,
                     constraints=lambda: self._json,
                     callers=lambda: self._active,
@@ -263,96 +247,71 @@ class Engine:
         finally:
             ticket.release()
 
-    def _chunks(
-        self, ticket, prompt, images, options, structured, stop, started, tokens_fn
-    ) -> Iterator[Chunk]:
-        schema, template = structured
-        processors = [JsonLogitsProcessor([template], self._json)] if template is not None else []
-        answer: list[str] = []
-        prompt_ids = []
-
-        def make_inputs():  # runs on the generating thread
-            inputs = self._tensors(prompt, images)
-            self._check_context(inputs["input_ids"].shape[1], options.max_new_tokens)
-            prompt_ids.append(inputs["input_ids"])
-            return inputs
-
+    def _chunks(self, ticket, request: Request, prompt, template, stop) -> Iterator[Chunk]:
+        options = request.options
         config = options.generation_config(self.model.generation_config)
         config.eos_token_id = sorted(self.stop_ids)  # the checkpoint's list may lack the turn ends
         if self.compiled:
             config = compiled_config(config, self.info.device)
         else:  # a checkpoint's own compile_config must not turn compiled batches on
             config.compile_config = None
-        splitter = ThinkingSplitter(
-            start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN),
-            drop=[t for t in self.control_tokens if t not in _MARKERS],
+        stage = TextStage(
+            start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN), control_tokens=self.control_tokens
         )
+        if stop.is_set():  # cancelled before it was read: no prefill for nobody
+            ticket.release()
+            yield Chunk(finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0))
+            return
         detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
-        batcher = self._batcher()
-        with contextlib.nullcontext() if batcher else self._lock:
-            if stop.is_set():  # cancelled while waiting for the engine: no prefill for nobody
-                yield Chunk(
-                    finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0)
-                )
-                return
-            if options.seed is not None and not batcher:
-                torch.manual_seed(options.seed)
-            count = reasoning_tokens = 0
-            first = last = None
-            last_token = None
-            try:
-                if batcher:  # shares a batched generation with concurrent requests
-                    inputs = make_inputs()
-                    ticket.release()  # ready: the batcher no longer waits for this one
-                    tokens = batcher.tokens(inputs, config, options.seed, stop, template)
-                else:
-                    tokens = tokens_fn(self.model, make_inputs, config, stop, processors)
-                for token, last in tokens:
-                    first = first or last
-                    count += 1
-                    last_token = token
-                    was_reasoning = splitter.reasoning
-                    for segment in splitter.feed(detokenizer.add(token)):
-                        if not segment.reasoning:
-                            answer.append(segment.text)
-                        yield Chunk(segment.text, segment.reasoning, segment.boxed)
-                    if was_reasoning or splitter.reasoning or splitter.saw_think_marker:
-                        reasoning_tokens += 1
-            except GlmflashError:
-                raise
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()  # give the memory back so the next request can run
-                raise InsufficientMemoryError(
-                    "The GPU ran out of memory for this request: send smaller or fewer images "
-                    "(GLMFLASH_MAX_IMAGE_PIXELS) or ask for fewer tokens."
-                ) from None
-            except Exception as exc:
-                log.exception("generation failed")
-                raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from None
-        for segment in splitter.feed(detokenizer.flush()) + splitter.flush():
-            if not segment.reasoning:
-                answer.append(segment.text)
-            yield Chunk(segment.text, segment.reasoning, segment.boxed)
+        clock, reasoning_tokens, last_token = Clock(), 0, None
+        made = {}
+
+        def inputs():
+            made.update(self._tensors(prompt, request.images))
+            self._check_context(made["input_ids"].shape[1], options.max_new_tokens)
+            return made
+
+        try:
+            batcher = self._batcher()
+            # A lone request has its inputs made on the batcher's thread, where the model runs
+            # (torch's CPU pool belongs to a thread: one thread is faster); with company, each
+            # makes its own here, while the batcher generates or waits for the others.
+            alone = not batcher.busy and self._active <= 1
+            tokens = batcher.tokens(
+                inputs if alone else inputs(),
+                config, options.seed, stop, template, on_queued=ticket.release,
+            )  # fmt: skip
+            for token, at in tokens:
+                clock.tick(at)
+                last_token = token
+                was_reasoning = stage.in_reasoning
+                yield from stage.feed(detokenizer.add(token))
+                if was_reasoning or stage.in_reasoning or stage.saw_marker:
+                    reasoning_tokens += 1
+        except GlmflashError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the memory back so the next request can run
+            raise InsufficientMemoryError(
+                "The GPU ran out of memory for this request: send smaller or fewer images "
+                "(GLMFLASH_MAX_IMAGE_PIXELS) or ask for fewer tokens."
+            ) from None
+        except Exception as exc:
+            log.exception("generation failed")
+            raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from None
+        yield from stage.feed(detokenizer.flush())
+        yield from stage.flush()
         if last_token in self.stop_ids:
             finish = "stop"
-        elif stop.is_set() and count < options.max_new_tokens:  # the caller's cancel
+        elif stop.is_set() and clock.count < options.max_new_tokens:  # the caller's cancel
             finish = "cancelled"
         else:
             finish = "length"
-        parsed = None
-        if schema is not None and finish != "cancelled":
-            parsed = validate_answer("".join(answer).strip(), schema, finish, options.max_new_tokens)
-        end = time.perf_counter()
-        prompt_tokens = int(prompt_ids[0].shape[1])
-        image_tokens = int((prompt_ids[0] == self.image_token_id).sum())
-        rate = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-        yield Chunk(
-            finish_reason=finish,
-            usage=Usage(prompt_tokens, image_tokens, count, reasoning_tokens),
-            timings=Timings((first or end) - started, rate, end - started),
-            parsed=parsed,
-            cut_in_reasoning=finish == "length" and splitter.reasoning,
-        )
+        prompt_ids = made.get("input_ids")  # none when cancelled before its batch began
+        prompt_tokens = 0 if prompt_ids is None else int(prompt_ids.shape[1])
+        image_tokens = 0 if prompt_ids is None else int((prompt_ids == self.image_token_id).sum())
+        usage = Usage(prompt_tokens, image_tokens, clock.count, reasoning_tokens)
+        yield closing(request, stage, clock, finish=finish, usage=usage)
 
 
 class _Ticket:
@@ -368,6 +327,3 @@ class _Ticket:
             if self.held:
                 self.held = False
                 self.engine._active -= 1
-
-
-_MARKERS = {"<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>"}

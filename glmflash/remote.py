@@ -1,17 +1,20 @@
-"""RemoteEngine: the Engine contract (`stream`, `chat`, `ask`, `info`, `settings`) over any
-OpenAI-compatible endpoint: vLLM, SGLang, or another glmflash server.
+"""RemoteEngine: the engine contract (contract.EngineBase) over any OpenAI-compatible endpoint:
+vLLM, SGLang, or another glmflash server. It speaks HTTP only (no torch).
 
-Images are decoded and downscaled here under the same guards as locally, then sent as base64
-PNG data URLs (lossless). Reasoning (`reasoning_content`, or vLLM's `reasoning`), usage, finish reasons
-all map back to Chunks; thinking on/off travels as `chat_template_kwargs.enable_thinking`;
-`response_format` passes through and the answer is validated here too. 429, 503 and connection
-failures are retried with backoff before the first token (4xx answers are not); setting the
-stop event or closing the stream closes the connection, which stops the backend's generation.
+Requests are checked and images decoded and downscaled here under the same guards as locally
+(pipeline.prepare), then sent as base64 PNG data URLs (lossless). What comes back goes through the
+same text stage as the local engine's tokens: reasoning (`reasoning_content`, or vLLM's
+`reasoning`) stays apart, and `<think>` or box markers a backend leaves in the content are split
+out. Thinking on/off travels as `chat_template_kwargs.enable_thinking`; `response_format` passes
+through and the answer is validated here too. 429, 503 and connection failures are retried with
+backoff before the first token (4xx answers are not); setting the stop event or closing the stream
+closes the connection, which stops the backend's generation.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -21,13 +24,14 @@ from collections.abc import Iterator, Sequence
 
 import httpx
 
-from .chunks import Chunk, EngineInfo, Reply, Timings, Usage
+from .chunks import Chunk, EngineInfo, Usage
 from .config import Settings
+from .contract import EngineBase
 from .errors import GlmflashError, ImageError, InvalidRequestError
-from .images import ImagePolicy, load_image
-from .messages import ask_messages, to_conversation
-from .options import GenerationOptions
-from .structured import OutputError, TruncatedOutputError, requested_schema, validate_answer
+from .images import ImagePolicy
+from .pipeline import Clock, Request, closing, prepare
+from .structured import OutputError, TruncatedOutputError
+from .text import FAMILY_CONTROL_TOKENS, TextStage
 
 RETRY_STATUS = (429, 502, 503)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in our logs
@@ -38,7 +42,7 @@ class BackendError(GlmflashError):
     code = "backend_unavailable"
 
 
-class RemoteEngine:
+class RemoteEngine(EngineBase):
     """Talks to `base_url` (ending in /v1). Build one with `glmflash.load("http://host:8000/v1")`."""
 
     def __init__(
@@ -87,23 +91,11 @@ class RemoteEngine:
         **gen,
     ) -> Iterator[Chunk]:
         """Check and encode now (errors raise here); stream chunks as the backend sends them."""
-        response_format = gen.pop("response_format", None)
-        schema = requested_schema(response_format)
-        options = GenerationOptions.build(
-            default_max_new_tokens=self.settings.max_new_tokens,
-            max_new_tokens_limit=self.settings.max_new_tokens_limit,
-            **gen,
-        )
-        body = self._body(messages, options, response_format, image_policy or self.image_policy)
-        return self._stream(body, schema, options, stop_event or threading.Event())
-
-    def chat(self, messages: Sequence[dict], **kwargs) -> Reply:
-        """The whole reply: the same chunks as `stream`, collected."""
-        return Reply.collect(self.stream(messages, **kwargs))
-
-    def ask(self, image, question: str, **gen) -> Reply:
-        """One question about one image (or a list of images, or None)."""
-        return self.chat(ask_messages(image, question), **gen)
+        request = prepare(
+            messages, gen, self.settings, image_policy or self.image_policy,
+            control_tokens=FAMILY_CONTROL_TOKENS, started=time.perf_counter(),
+        )  # fmt: skip
+        return self._stream(request, self._body(request), stop_event or threading.Event())
 
     def close(self) -> None:
         self._client.close()
@@ -121,18 +113,21 @@ class RemoteEngine:
             raise BackendError(f"{self.base_url}/models lists no model: pass model=... explicitly.")
         return models[0]["id"]
 
-    def _body(self, messages, options: GenerationOptions, response_format, policy: ImagePolicy) -> dict:
-        conversation, images = to_conversation(
-            messages, load_image=lambda s: load_image(s, policy), max_images=self.settings.max_images
-        )
-        pictures = iter(images)
-        for message in conversation:
-            message["content"] = [
-                {"type": "image_url", "image_url": {"url": _data_url(next(pictures))}}
-                if part["type"] == "image"
-                else part
-                for part in message["content"]
-            ]
+    def _body(self, request: Request) -> dict:
+        pictures = iter(request.images)
+        conversation = [
+            {
+                **message,
+                "content": [
+                    {"type": "image_url", "image_url": {"url": _data_url(next(pictures))}}
+                    if part["type"] == "image"
+                    else part
+                    for part in message["content"]
+                ],
+            }
+            for message in request.conversation
+        ]
+        options = request.options
         body = {
             "model": self.model_name,
             "messages": conversation,
@@ -148,7 +143,7 @@ class RemoteEngine:
             "top_k": options.top_k,
             "repetition_penalty": options.repetition_penalty,
             "seed": options.seed,
-            "response_format": response_format,
+            "response_format": request.response_format,
         }
         body.update({k: v for k, v in extras.items() if v is not None})
         return body
@@ -174,8 +169,7 @@ class RemoteEngine:
                 break
         raise BackendError("Cancelled while waiting to retry.", code="cancelled")
 
-    def _stream(self, body, schema, options, stop: threading.Event) -> Iterator[Chunk]:
-        started = time.perf_counter()
+    def _stream(self, request: Request, body: dict, stop: threading.Event) -> Iterator[Chunk]:
         with self._count_lock:
             self._inflight += 1
         try:
@@ -183,7 +177,8 @@ class RemoteEngine:
             done = threading.Event()
             watcher = threading.Thread(target=_close_on_stop, args=(stop, done, response), daemon=True)
             watcher.start()
-            answer, first, count, finish, usage, cut = [], None, 0, None, None, False
+            stage, clock = TextStage(control_tokens=FAMILY_CONTROL_TOKENS), Clock()
+            finish, usage, cut = None, None, False
             try:
                 for event in _events(response):
                     if "error" in event:
@@ -192,13 +187,13 @@ class RemoteEngine:
                     for choice in event.get("choices") or []:
                         delta = choice.get("delta") or {}
                         thought = delta.get("reasoning_content") or delta.get("reasoning")
-                        for text, reasoning in ((thought, True), (delta.get("content"), False)):
-                            if text:
-                                first = first or time.perf_counter()
-                                count += 1
-                                if not reasoning:
-                                    answer.append(text)
-                                yield Chunk(text, reasoning)
+                        content = delta.get("content")
+                        if thought or content:
+                            clock.tick()
+                        if thought:  # the backend split it already
+                            yield Chunk(thought, True)
+                        if content:  # markers a backend left in go through the same split
+                            yield from stage.feed(content)
                         finish = choice.get("finish_reason") or finish
                         cut = cut or bool(choice.get("cut_in_reasoning"))
             except (httpx.TransportError, httpx.StreamError):
@@ -209,26 +204,15 @@ class RemoteEngine:
             finally:
                 done.set()
                 response.close()
+            yield from stage.flush()
             if stop.is_set() and finish is None:
                 finish = "cancelled"
-            end = time.perf_counter()
-            parsed = None
-            if schema is not None and finish != "cancelled":
-                parsed = validate_answer(
-                    "".join(answer).strip(), schema, finish or "stop", options.max_new_tokens
-                )
-            yield Chunk(
-                finish_reason=finish or "stop",
-                usage=_usage(usage),
-                timings=Timings(
-                    (first or end) - started,
-                    count / (end - first) if first and end > first else 0.0,
-                    end - started,
-                ),
-                parsed=parsed,
+            final = closing(request, stage, clock, finish=finish or "stop", usage=_usage(usage, clock))
+            if final.finish_reason == "length" and not final.cut_in_reasoning:
                 # a glmflash backend says so; any other: the budget ran out with no answer yet
-                cut_in_reasoning=finish == "length" and (cut or (count > 0 and not answer)),
-            )
+                thinking = cut or (clock.count > 0 and not "".join(stage.answer).strip())
+                final = dataclasses.replace(final, cut_in_reasoning=thinking)
+            yield final
         finally:
             with self._count_lock:
                 self._inflight -= 1
@@ -267,14 +251,15 @@ def _close_on_stop(stop: threading.Event, done: threading.Event, response: httpx
             return
 
 
-def _usage(usage: dict | None) -> Usage:
+def _usage(usage: dict | None, clock: Clock) -> Usage:
+    """The backend's counts; without them, what arrived (one token per delta, a lower bound)."""
     usage = usage or {}
     prompt = usage.get("prompt_tokens_details") or {}
     completion = usage.get("completion_tokens_details") or {}
     return Usage(
         int(usage.get("prompt_tokens") or 0),
         int(prompt.get("image_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
+        int(usage.get("completion_tokens") or clock.count),
         int(completion.get("reasoning_tokens") or 0),
     )
 

@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -73,10 +72,6 @@ def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", noise=F
 
 def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def generation_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "glmflash-generate" and t.is_alive()]
 
 
 def run_cli(*args, env_extra=None, timeout=240) -> subprocess.CompletedProcess:

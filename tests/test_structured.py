@@ -133,7 +133,7 @@ def test_streaming_and_thinking_keep_the_json_in_the_answer(form_engine, image, 
     ],
 )
 def test_the_grammar_accepts_what_the_model_writes_in_both_forms(engine, thinking, texts):
-    from glmflash.structured import Constraints
+    from glmflash.grammar import Constraints
 
     constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
     template = constraints.compile(
@@ -151,7 +151,8 @@ def test_the_grammar_accepts_what_the_model_writes_in_both_forms(engine, thinkin
 def test_the_grammar_keeps_answers_short_escapes_and_digit_runs_bounded(engine):
     """No \\uXXXX escapes (a character stays at most 4 bytes) and no digit runs past MAX_DIGIT_RUN:
     what worst_case_tokens counts on."""
-    from glmflash.structured import MAX_DIGIT_RUN, Constraints
+    from glmflash.grammar import Constraints
+    from glmflash.structured import MAX_DIGIT_RUN
 
     constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
     schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 9}}}

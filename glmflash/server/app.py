@@ -31,7 +31,7 @@ class ServerState:
 
     def __init__(self, engine, settings: Settings):
         self.engine, self.settings = engine, settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(engine)
         self.audit = AuditLog(settings.audit_log, settings.audit_log_max_bytes, settings.audit_log_prompts)
         self.auth = Authenticator(settings.api_keys, settings.jwt_secret)
         self.image_policy = ImagePolicy.from_settings(settings, allow_local_files=False)

@@ -15,7 +15,7 @@ _audit_ids = itertools.count()
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, engine):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -34,7 +34,7 @@ class Metrics:
             "glmflash_queue_depth", "Chat requests admitted and not finished", registry=r
         )
         self.gpu_memory = Gauge("glmflash_gpu_memory_bytes", "GPU memory allocated by torch", registry=r)
-        self.gpu_memory.set_function(_gpu_memory)
+        self.gpu_memory.set_function(lambda: _allocated(engine))
 
     def observe(self, usage, timings, images: int) -> None:
         self.tokens_in.inc(usage.prompt_tokens)
@@ -43,10 +43,9 @@ class Metrics:
         self.ttft.observe(timings.ttft_s)
 
 
-def _gpu_memory() -> float:
-    import torch
-
-    return float(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0.0
+def _allocated(engine) -> float:
+    memory = engine.memory()
+    return float(memory.allocated_bytes) if memory is not None else 0.0
 
 
 class AuditLog:

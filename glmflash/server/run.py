@@ -52,10 +52,12 @@ def serve(engine, settings, *, app=None) -> None:
         log_level="info",
         access_log=False,
     )
-    if getattr(engine, "compiled", False):  # before /ready: no caller waits for a compilation
+    if engine.info.compiled:
         log.info("compiling the decode step (GLMFLASH_COMPILE=1) for batches of 1, 2 and %d ...",
                  settings.max_batch_size)  # fmt: skip
-        log.info("compiled in %.1f s", engine.warm_up())
+    took = engine.warm_up()  # before /ready: no caller waits for a compilation
+    if engine.info.compiled:
+        log.info("compiled in %.1f s", took)
     log.info("serving %s on http://%s:%s (API at /v1)", engine.info.model_id, settings.host, settings.port)
     _DrainingServer(config, state).run()
     state.audit.close()

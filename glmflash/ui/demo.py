@@ -55,7 +55,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         shown = chat + [{"role": "user", "content": {"path": _path(f)}} for f in files]
         shown = [*shown, {"role": "user", "content": text or " "}]
         answer, reasoning, final = "", "", None
-        _reset_gpu_peak(info)
+        engine.reset_peak_memory()
         try:
             last = 0.0
             for chunk in stream:
@@ -82,7 +82,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         finally:
             stops.pop(request.session_hash, None)
         history = [*history, turn, {"role": "assistant", "content": answer}]
-        figures = _figures(final, t, info)
+        figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings)
         yield _chat(shown, reasoning, answer, t, pending=False), history, figures, api, None
 
@@ -203,7 +203,7 @@ def _drop_last_turn(chat, history, last_input):
     return chat, history[:-2], last_input
 
 
-def _figures(final, t, info) -> str:
+def _figures(final, t, memory) -> str:
     if final is None:
         return ""
     u, s = final.usage, final.timings
@@ -217,20 +217,11 @@ def _figures(final, t, info) -> str:
         reasoning=u.reasoning_tokens,
         finish=finish,
     )
-    if info.device.startswith("cuda"):
-        import torch
-
-        text += t["gpu"].format(gib=torch.cuda.max_memory_allocated() / 1024**3)
+    if memory is not None:
+        text += t["gpu"].format(gib=memory.peak_bytes / 1024**3)
     if final.cut_in_reasoning:
         text = t["cut_in_reasoning"].format(tokens=u.completion_tokens) + "\n\n" + text
     return text
-
-
-def _reset_gpu_peak(info) -> None:
-    if info.device.startswith("cuda"):
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
 
 
 def _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings) -> str:

@@ -1,0 +1,65 @@
+"""The engine contract: what every backend offers (the local transformers engine, engine.Engine,
+and the OpenAI-compatible remote one, remote.RemoteEngine), and all that the server, page, CLI,
+jobs, bench and notebooks may use. Both engines pass one contract test suite
+(tests/test_contract.py); nobody probes for attributes beyond this.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterator, Sequence
+
+from .chunks import Chunk, EngineInfo, Memory, Reply
+from .config import Settings
+from .images import ImagePolicy
+from .messages import ask_messages
+
+
+class EngineBase(abc.ABC):
+    """An engine: `info` says what runs where, `settings` its limits and defaults."""
+
+    info: EngineInfo
+    settings: Settings
+
+    @abc.abstractmethod
+    def stream(
+        self,
+        messages: Sequence[dict],
+        *,
+        stop_event: threading.Event | None = None,
+        image_policy: ImagePolicy | None = None,
+        **gen,
+    ) -> Iterator[Chunk]:
+        """Validate now (a GlmflashError raises here, before any generation), then yield Chunks as
+        they are generated; the last one carries finish_reason, usage and timings. Setting
+        `stop_event`, or closing the iterator, stops the generation. `gen`: the options of
+        options.GenerationOptions, and `response_format`."""
+
+    def chat(self, messages: Sequence[dict], **kwargs) -> Reply:
+        """The whole reply: the same chunks as `stream`, collected."""
+        return Reply.collect(self.stream(messages, **kwargs))
+
+    def ask(self, image, question: str, **gen) -> Reply:
+        """One question about one image (or a list of images, or None)."""
+        return self.chat(ask_messages(image, question), **gen)
+
+    @property
+    @abc.abstractmethod
+    def busy(self) -> bool:
+        """Generating, or requests are waiting for the model."""
+
+    def warm_up(self) -> float:
+        """Do before serving what would otherwise make the first callers wait (compiling);
+        returns the seconds it took."""
+        return 0.0
+
+    def memory(self) -> Memory | None:
+        """This engine's accelerator memory, or None where it has none here (CPU, remote)."""
+        return None
+
+    def reset_peak_memory(self) -> None:  # noqa: B027 - optional: an engine without memory has none
+        """Start a new peak for memory().peak_bytes."""
+
+    def close(self) -> None:  # noqa: B027 - optional: an engine may hold nothing
+        """Release what the engine holds; it serves nothing after this."""

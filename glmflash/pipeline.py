@@ -1,0 +1,91 @@
+"""The request pipeline both engines share: `prepare` checks everything before any generation
+(options, response format, messages, images), and `closing` builds the last chunk (finish reason,
+usage, timings with one definition, the validated JSON answer). Between them each backend produces
+text that goes through text.TextStage.
+
+Timings mean the same on every engine: time to first token counts from the call (validation and
+image decoding included) to the first generated token; tokens/s is (generated tokens - 1) over the
+time from the first to the last one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .chunks import Chunk, Timings, Usage
+from .images import ImagePolicy, load_image
+from .messages import to_conversation
+from .options import GenerationOptions
+from .structured import requested_schema, validate_answer
+from .text import TextStage
+
+
+@dataclass
+class Request:
+    """One checked request: the conversation for the chat template, its decoded images in order,
+    the generation options and the JSON Schema its answer must match (or None)."""
+
+    conversation: list[dict]
+    images: list
+    options: GenerationOptions
+    schema: dict | None
+    response_format: dict | None
+    started: float
+
+
+def prepare(
+    messages, gen: dict, settings, policy: ImagePolicy, *, control_tokens: Iterable[str], started: float
+) -> Request:
+    """Validate everything a caller sent; raises a GlmflashError before any generation."""
+    gen = dict(gen)
+    response_format = gen.pop("response_format", None)
+    schema = requested_schema(response_format)
+    options = GenerationOptions.build(
+        default_max_new_tokens=settings.max_new_tokens,
+        max_new_tokens_limit=settings.max_new_tokens_limit,
+        **gen,
+    )
+    conversation, images = to_conversation(
+        messages,
+        load_image=lambda source: load_image(source, policy),
+        max_images=settings.max_images,
+        control_tokens=control_tokens,
+    )
+    return Request(conversation, images, options, schema, response_format, started)
+
+
+@dataclass
+class Clock:
+    """When generated tokens arrived: the first, the last, and how many."""
+
+    count: int = 0
+    first: float | None = None
+    last: float | None = None
+
+    def tick(self, at: float | None = None, tokens: int = 1) -> None:
+        at = time.perf_counter() if at is None else at
+        self.first = self.first if self.first is not None else at
+        self.last = at
+        self.count += tokens
+
+
+def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, usage: Usage) -> Chunk:
+    """The last chunk of a stream; raises OutputError when a JSON answer does not hold."""
+    parsed = None
+    if request.schema is not None and finish != "cancelled":
+        parsed = validate_answer(
+            "".join(stage.answer).strip(), request.schema, finish, request.options.max_new_tokens
+        )
+    end = time.perf_counter()
+    tokens = usage.completion_tokens
+    span = (clock.last or end) - (clock.first or end)
+    rate = (tokens - 1) / span if tokens > 1 and span > 0 else 0.0
+    return Chunk(
+        finish_reason=finish,
+        usage=usage,
+        timings=Timings((clock.first or end) - request.started, rate, end - request.started),
+        parsed=parsed,
+        cut_in_reasoning=finish == "length" and stage.in_reasoning,
+    )
