@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -29,16 +29,25 @@ _END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
 HISTORY = 1000  # batch sizes and waits kept for tests and inspection
 STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
-SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 
 
 @dataclass(eq=False)
-class _Row:
-    inputs: dict  # one request's model inputs, batch dimension 1
+class RowRequest:
+    """What one request asks of a batch. `group`: rows with equal groups may share a batch (every
+    batch-wide setting alike: options.GenerationOptions.batch_key); the rest is per row."""
+
+    inputs: object  # its model inputs (batch dimension 1), or a function that makes them
     config: object  # its GenerationConfig
-    seed: int | None
-    stop: threading.Event
-    template: object  # its compiled JSON grammar, or None
+    group: tuple
+    stops: tuple[threading.Event, ...]  # any of them set: the row ends (a cancel, a stop string)
+    seed: int | None = None
+    template: object = None  # its compiled JSON grammar, or None
+    thinking_budget: int | None = None  # thinking tokens before </think> is forced
+    thinking_open: bool = False  # the prompt itself opened <think>
+
+
+@dataclass(eq=False)
+class _Row(RowRequest):
     tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     gone: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
     over: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
@@ -49,10 +58,10 @@ class _Row:
 
     @property
     def key(self):
-        """Rows batch together only when sampling alike; a seeded sampled row runs alone."""
+        """Rows batch together only when their groups are equal; a seeded sampled row runs alone."""
         if self.config.do_sample and self.seed is not None:
             return id(self)
-        return tuple(getattr(self.config, name) for name in SAMPLING)
+        return self.group
 
     def end(self) -> None:
         if not self.ended:
@@ -62,7 +71,7 @@ class _Row:
         self.over.set()
 
     def finished(self) -> bool:
-        return self.ended or self.stop.is_set() or self.gone.is_set()
+        return self.ended or self.gone.is_set() or any(stop.is_set() for stop in self.stops)
 
 
 class Batcher:
@@ -79,8 +88,10 @@ class Batcher:
         constraints,
         callers,
         cache_limit: int | None = None,
+        think_ids: tuple[int, int] | None = None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.think_ids = think_ids  # the ids of <think> and </think>, for thinking budgets
         # compiled decoding: the static cache kept between batches, and its longest length
         self.caches = CacheKeeper(model.config.get_text_config(decoder=True))
         self.cache_limit = cache_limit or model.config.get_text_config().max_position_embeddings
@@ -115,10 +126,10 @@ class Batcher:
         self._thread.join(timeout=30)
         atexit.unregister(self.close)  # nothing left to hold the model
 
-    def tokens(self, inputs, config, seed, stop, template, on_queued=None) -> Iterator[tuple[int, float]]:
-        """Queue one request (its model inputs, or a function that makes them on the batcher's
+    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
+        """Queue one request (its inputs may be a function that makes them on the batcher's
         thread); yield (token id, time) as its row produces them."""
-        row = _Row(inputs, config, seed, stop, template)
+        row = _Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
         with self.ready:
             if self._closed:
                 raise RuntimeError("This engine was closed.")
@@ -221,6 +232,8 @@ class Batcher:
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
             config.max_new_tokens = length - width + 1
         processors = [_RowMinTokens(rows, self.stop_ids)]
+        if self.think_ids and any(row.thinking_budget for row in rows):
+            processors.append(_RowThinkingBudget(rows, *self.think_ids))
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
             from .grammar import JsonLogitsProcessor
@@ -357,4 +370,32 @@ class _RowMinTokens(LogitsProcessor):
             rows = torch.tensor(held, device=scores.device)
             stops = torch.tensor(self.stop_ids, device=scores.device)
             scores[rows[:, None], stops] = float("-inf")
+        return scores
+
+
+class _RowThinkingBudget(LogitsProcessor):
+    """thinking_budget per row: once a row has written that many tokens inside <think>, only
+    </think> may come next, and the model goes on to its answer."""
+
+    def __init__(self, rows: list[_Row], open_id: int, close_id: int):
+        self.rows, self.open_id, self.close_id = rows, open_id, close_id
+        self.thinking = [row.thinking_open for row in rows]
+        self.spent = [0] * len(rows)
+        self.step = 0
+
+    def __call__(self, input_ids, scores):
+        if self.step:  # the newest token of each row (at step 0 it is the prompt's)
+            for i, token in enumerate(input_ids[:, -1].tolist()):
+                if token == self.open_id:
+                    self.thinking[i], self.spent[i] = True, 0
+                elif token == self.close_id:
+                    self.thinking[i] = False
+                elif self.thinking[i]:
+                    self.spent[i] += 1
+        self.step += 1
+        for i, row in enumerate(self.rows):
+            if row.thinking_budget and self.thinking[i] and self.spent[i] >= row.thinking_budget:
+                closing = scores[i, self.close_id].clone()
+                scores[i] = float("-inf")
+                scores[i, self.close_id] = closing if torch.isfinite(closing) else 0.0
         return scores

@@ -25,11 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(chat)
     chat.add_argument("images", nargs="*", help="image files")
     chat.add_argument("-q", "--question", help="ask once and exit")
-    chat.add_argument("--no-thinking", action="store_true", help="answer without reasoning first")
     chat.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning")
-    chat.add_argument("--max-new-tokens", type=int)
-    chat.add_argument("--temperature", type=float)
-    chat.add_argument("--seed", type=int)
+    _option_flags(chat)
 
     serve = commands.add_parser("serve", help="the OpenAI-compatible API on --host:--port")
     _model_flags(serve)
@@ -193,11 +190,26 @@ def _load(args, settings):
     return load(args.model, args.precision, args.device, settings=settings)
 
 
+def _option_flags(parser) -> None:
+    """A flag per generation option (options.OPTIONS): --temperature 0.2, --stop END (repeatable),
+    --no-thinking; each unset one keeps the engine's default."""
+    from .options import OPTIONS
+
+    for name, option in OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        if option.kind == "bool":
+            parser.add_argument(f"--no-{flag[2:]}", dest=name, action="store_false", default=None,
+                                help=f"do not {option.help}")  # fmt: skip
+        elif option.kind == "stops":
+            parser.add_argument(flag, action="append", metavar="TEXT", help=f"{option.help} (repeatable)")
+        else:
+            parser.add_argument(flag, type=int if option.kind == "int" else float, help=option.help)
+
+
 def _chat(engine, args) -> int:
-    gen = {"thinking": not args.no_thinking}
-    for name in ("max_new_tokens", "temperature", "seed"):
-        if getattr(args, name) is not None:
-            gen[name] = getattr(args, name)
+    from .options import OPTIONS
+
+    gen = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
     content = [{"type": "image", "image": path} for path in args.images]
     history: list[dict] = []
     interactive = args.question is None

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .batching import Batcher
+from .batching import Batcher, RowRequest
 from .chunks import Chunk, EngineInfo, Memory, Timings, Usage
 from .config import Settings
 from .contract import EngineBase
@@ -28,7 +28,7 @@ from .load import stop_token_ids
 from .messages import ask_messages
 from .pipeline import Clock, Request, closing, prepare
 from .text import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
-from .thinking import THINK_OPEN
+from .thinking import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger("glmflash")
 
@@ -238,8 +238,16 @@ class Engine(EngineBase):
                     constraints=lambda: self._json,
                     callers=lambda: self._active,
                     cache_limit=self.context_tokens,
+                    think_ids=self._think_ids(),
                 )
             return self._batch
+
+    def _think_ids(self) -> tuple[int, int] | None:
+        """The ids of <think> and </think> when each is one token (thinking budgets need them)."""
+        vocab = self.tokenizer.get_vocab()
+        if THINK_OPEN in vocab and THINK_CLOSE in vocab:
+            return vocab[THINK_OPEN], vocab[THINK_CLOSE]
+        return None
 
     def _run(self, ticket, *args) -> Iterator[Chunk]:
         try:
@@ -255,9 +263,9 @@ class Engine(EngineBase):
             config = compiled_config(config, self.info.device)
         else:  # a checkpoint's own compile_config must not turn compiled batches on
             config.compile_config = None
-        stage = TextStage(
-            start_in_reasoning=prompt.rstrip().endswith(THINK_OPEN), control_tokens=self.control_tokens
-        )
+        opened = prompt.rstrip().endswith(THINK_OPEN)
+        stage = TextStage(start_in_reasoning=opened, control_tokens=self.control_tokens, stops=options.stop)
+        halt = threading.Event()  # set when the answer reached a stop string: the row ends there
         if stop.is_set():  # cancelled before it was read: no prefill for nobody
             ticket.release()
             yield Chunk(finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0))
@@ -277,17 +285,22 @@ class Engine(EngineBase):
             # (torch's CPU pool belongs to a thread: one thread is faster); with company, each
             # makes its own here, while the batcher generates or waits for the others.
             alone = not batcher.busy and self._active <= 1
-            tokens = batcher.tokens(
-                inputs if alone else inputs(),
-                config, options.seed, stop, template, on_queued=ticket.release,
+            row = RowRequest(
+                inputs if alone else inputs(), config, options.batch_key(self.model.generation_config),
+                (stop, halt), options.seed, template,
+                thinking_budget=options.thinking_budget if options.thinking else None, thinking_open=opened,
             )  # fmt: skip
-            for token, at in tokens:
+            for token, at in batcher.tokens(row, on_queued=ticket.release):
+                if stage.stopped:  # tokens made before the row ended: not part of the answer
+                    continue
                 clock.tick(at)
                 last_token = token
                 was_reasoning = stage.in_reasoning
                 yield from stage.feed(detokenizer.add(token))
                 if was_reasoning or stage.in_reasoning or stage.saw_marker:
                     reasoning_tokens += 1
+                if stage.stopped:
+                    halt.set()  # the model stops within a token or two
         except GlmflashError:
             raise
         except torch.cuda.OutOfMemoryError:
@@ -301,7 +314,7 @@ class Engine(EngineBase):
             raise GenerationError(f"Generation failed: {type(exc).__name__}: {exc}") from None
         yield from stage.feed(detokenizer.flush())
         yield from stage.flush()
-        if last_token in self.stop_ids:
+        if last_token in self.stop_ids or stage.stopped:
             finish = "stop"
         elif stop.is_set() and clock.count < options.max_new_tokens:  # the caller's cancel
             finish = "cancelled"

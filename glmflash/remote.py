@@ -29,6 +29,7 @@ from .config import Settings
 from .contract import EngineBase
 from .errors import GlmflashError, ImageError, InvalidRequestError
 from .images import ImagePolicy
+from .options import to_openai
 from .pipeline import Clock, Request, closing, prepare
 from .structured import OutputError, TruncatedOutputError
 from .text import FAMILY_CONTROL_TOKENS, TextStage
@@ -127,25 +128,15 @@ class RemoteEngine(EngineBase):
             }
             for message in request.conversation
         ]
-        options = request.options
         body = {
             "model": self.model_name,
             "messages": conversation,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": options.max_new_tokens,
-            "chat_template_kwargs": {"enable_thinking": options.thinking},
+            **to_openai(request.options.given()),
         }
-        extras = {
-            "min_tokens": options.min_new_tokens,
-            "temperature": options.temperature,
-            "top_p": options.top_p,
-            "top_k": options.top_k,
-            "repetition_penalty": options.repetition_penalty,
-            "seed": options.seed,
-            "response_format": request.response_format,
-        }
-        body.update({k: v for k, v in extras.items() if v is not None})
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
         return body
 
     def _send(self, method: str, path: str, body, stop: threading.Event) -> httpx.Response:
@@ -177,7 +168,8 @@ class RemoteEngine(EngineBase):
             done = threading.Event()
             watcher = threading.Thread(target=_close_on_stop, args=(stop, done, response), daemon=True)
             watcher.start()
-            stage, clock = TextStage(control_tokens=FAMILY_CONTROL_TOKENS), Clock()
+            stops = request.options.stop  # sent to the backend, and applied here whatever it does
+            stage, clock = TextStage(control_tokens=FAMILY_CONTROL_TOKENS, stops=stops), Clock()
             finish, usage, cut = None, None, False
             try:
                 for event in _events(response):
@@ -196,6 +188,9 @@ class RemoteEngine(EngineBase):
                             yield from stage.feed(content)
                         finish = choice.get("finish_reason") or finish
                         cut = cut or bool(choice.get("cut_in_reasoning"))
+                    if stage.stopped:  # closing the connection stops the backend
+                        finish = "stop"
+                        break
             except (httpx.TransportError, httpx.StreamError):
                 if not stop.is_set():
                     raise BackendError(

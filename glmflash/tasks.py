@@ -31,6 +31,7 @@ class Task:
     thinking: bool = False
     max_new_tokens: int | None = None  # None: computed from the schema (budget)
     description: str = ""
+    thinking_budget: int | None = None  # with thinking on: at most this many thinking tokens
 
     @property
     def budget(self) -> int:
@@ -39,7 +40,9 @@ class Task:
         if self.max_new_tokens is not None:
             return self.max_new_tokens
         answer = worst_case_tokens(self.schema) or UNBOUNDED_TOKENS
-        return answer + (THINKING_TOKENS if self.thinking else 0)
+        if not self.thinking:
+            return answer
+        return answer + (self.thinking_budget + 2 if self.thinking_budget else THINKING_TOKENS)
 
     def response_format(self) -> dict:
         """The OpenAI `response_format` for this task's answers."""
@@ -58,11 +61,14 @@ class Task:
     def generation(self, limit: int | None = None) -> dict:
         """Keyword arguments for Engine.chat / Engine.stream; `limit`: the engine's
         max_new_tokens_limit, which the budget must not pass."""
-        return {
+        options = {
             "response_format": self.response_format(),
             "thinking": self.thinking,
             "max_new_tokens": min(self.budget, limit) if limit else self.budget,
         }
+        if self.thinking and self.thinking_budget:
+            options["thinking_budget"] = self.thinking_budget
+        return options
 
     def key(self) -> str:
         """Fingerprint of what decides the answer (prompt, schema, thinking): part of job ids."""
@@ -91,6 +97,7 @@ def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
         schema=_schema(data.get("schema"), origin),
         thinking=bool(data.get("thinking", False)),
         max_new_tokens=_tokens(data.get("max_new_tokens"), origin),
+        thinking_budget=_tokens(data.get("thinking_budget"), origin, "thinking_budget"),
         description=str(data.get("description", "")),
     )
 
@@ -108,11 +115,11 @@ def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: 
     return Task(name="custom", prompt=prompt, schema=schema, max_new_tokens=max_new_tokens)
 
 
-def _tokens(value, origin: str) -> int | None:
+def _tokens(value, origin: str, name: str = "max_new_tokens") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(f"{origin}: max_new_tokens must be a positive integer, not {value!r}.")
+        raise InvalidRequestError(f"{origin}: {name} must be a positive integer, not {value!r}.")
     return value
 
 

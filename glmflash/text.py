@@ -60,14 +60,28 @@ class Detokenizer:
 
 class TextStage:
     """Text as the model wrote it in, Chunks out: reasoning apart from the answer, the boxed key
-    answer marked, control-token text dropped. Keeps the answer (for JSON validation)."""
+    answer marked, control-token text dropped, and the answer cut before the first of `stops`
+    (then `stopped` is true and nothing more comes out). Keeps the answer (for JSON validation).
 
-    def __init__(self, *, start_in_reasoning: bool = False, control_tokens: Iterable[str] = ()):
+    Stop strings apply to the answer, not to the thinking: a stop of "\n" must not end a model
+    that is still reasoning. Answer text that could be the start of a stop string is held back
+    until the next piece decides."""
+
+    def __init__(
+        self,
+        *,
+        start_in_reasoning: bool = False,
+        control_tokens: Iterable[str] = (),
+        stops: Iterable[str] = (),
+    ):
         self.splitter = ThinkingSplitter(
             start_in_reasoning=start_in_reasoning,
             drop=[t for t in control_tokens if t not in MARKERS],
         )
         self.answer: list[str] = []
+        self.stops = tuple(s for s in stops if s)
+        self.stopped = False
+        self._held: list[Chunk] = []  # answer text not yet shown: it may be part of a stop string
 
     @property
     def in_reasoning(self) -> bool:
@@ -80,13 +94,57 @@ class TextStage:
         return self.splitter.saw_think_marker
 
     def feed(self, text: str) -> list[Chunk]:
-        return self._chunks(self.splitter.feed(text))
+        return self._chunks(self.splitter.feed(text), final=False)
 
     def flush(self) -> list[Chunk]:
-        return self._chunks(self.splitter.flush())
+        return self._chunks(self.splitter.flush(), final=True)
 
-    def _chunks(self, segments) -> list[Chunk]:
+    def _chunks(self, segments, *, final: bool) -> list[Chunk]:
+        out: list[Chunk] = []
         for segment in segments:
-            if not segment.reasoning:
-                self.answer.append(segment.text)
-        return [Chunk(s.text, s.reasoning, s.boxed) for s in segments]
+            if self.stopped:
+                break
+            chunk = Chunk(segment.text, segment.reasoning, segment.boxed)
+            if segment.reasoning or not self.stops:
+                out += [*self._release(len(self._held)), chunk]
+            else:
+                self._held.append(chunk)
+                out += self._cut()
+        if final and not self.stopped:
+            out += self._release(len(self._held))
+        for chunk in out:
+            if not chunk.reasoning:
+                self.answer.append(chunk.text)
+        return out
+
+    def _cut(self) -> list[Chunk]:
+        """Held answer text up to the first stop string (then stop), or all that cannot start one."""
+        text = "".join(c.text for c in self._held)
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            return self._split(min(found), keep=False)
+        longest = max(len(s) for s in self.stops) - 1
+        safe = len(text) - next((k for k in range(min(longest, len(text)), 0, -1)
+                                 if any(s.startswith(text[-k:]) for s in self.stops)), 0)  # fmt: skip
+        return self._split(safe, keep=True)
+
+    def _split(self, at: int, *, keep: bool) -> list[Chunk]:
+        """The held chunks' first `at` characters out; the rest held (keep) or dropped."""
+        out, rest, seen = [], [], 0
+        for chunk in self._held:
+            if seen + len(chunk.text) <= at:
+                out.append(chunk)
+            elif seen >= at:
+                rest.append(chunk)
+            else:
+                cut = at - seen
+                out.append(Chunk(chunk.text[:cut], chunk.reasoning, chunk.boxed))
+                rest.append(Chunk(chunk.text[cut:], chunk.reasoning, chunk.boxed))
+            seen += len(chunk.text)
+        self._held = rest if keep else []
+        return out
+
+    def _release(self, count: int) -> list[Chunk]:
+        out, self._held = self._held[:count], self._held[count:]
+        return out

@@ -63,3 +63,14 @@ def test_the_presets_budgets_cover_their_schemas_and_fit_the_limit():
     assert replace(thinking, max_new_tokens=64).budget == 64  # a task file's own budget wins
     assert custom_task("Anything as JSON").budget == UNBOUNDED_TOKENS
     assert load_task("invoice").generation(limit=1000)["max_new_tokens"] == 1000
+
+
+def test_a_task_that_thinks_within_a_budget_asks_for_it(tmp_path):
+    path = tmp_path / "think.json"
+    path.write_text(
+        '{"prompt": "Judge", "thinking": true, "thinking_budget": 256, "schema": {"enum": ["a", "b"]}}'
+    )
+    task = load_task(str(path))
+    assert task.generation()["thinking_budget"] == 256
+    assert task.budget == worst_case_tokens({"enum": ["a", "b"]}) + 256 + 2  # <think> and </think>
+    assert "thinking_budget" not in replace(task, thinking=False).generation()

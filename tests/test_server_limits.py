@@ -105,7 +105,8 @@ BAD = {"type": "object", "properties": {"a": {"type": "strnig"}}}  # not a valid
             "unsupported_schema",
             "response_format.json_schema.schema",
         ),
-        ({**GOOD, "stop": ["\n"]}, 400, "unsupported", "stop"),
+        ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, None, "stop"),  # OpenAI allows 4
+        ({**GOOD, "thinking_budget": 0}, 400, None, "thinking_budget"),
         ({**GOOD, "frobnicate": 1}, 400, "unknown_field", "frobnicate"),
         ({"messages": [{"role": "tool", "content": "x"}]}, 400, None, "messages[0].role"),
         (

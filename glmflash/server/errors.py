@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from ..errors import GlmflashError
+from ..options import api_names
 
 TYPES = {
     400: "invalid_request_error",
@@ -18,7 +19,7 @@ TYPES = {
 }
 
 
-OPENAI_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}  # library -> API field
+OPENAI_NAMES = api_names()  # library -> API field
 
 
 class ApiError(Exception):

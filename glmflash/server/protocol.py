@@ -6,8 +6,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
+from ..options import OPTIONS, from_openai
 from .errors import ApiError
 
 # Fields OpenAI clients send that change nothing at their neutral value; anything else is refused.
@@ -22,11 +23,14 @@ NEUTRAL = {
     "functions": (None, []),
     "function_call": (None, "none"),
     "parallel_tool_calls": (None, False, True),
-    "stop": (None, [], ""),
     "modalities": (None, ["text"]),
     "reasoning_effort": (None,),
 }
 IGNORED = {"user", "metadata", "store", "service_tier", "stream_options"}
+TYPES = {"int": int, "float": float, "bool": bool, "stops": str | list[str]}
+TEMPLATE_KWARGS = {
+    key.split(".", 1)[1] for o in OPTIONS.values() for key in o.api if key.startswith("chat_template_kwargs.")
+}
 
 
 class Message(BaseModel):
@@ -38,25 +42,16 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    """POST /v1/chat/completions. vLLM extras: top_k, min_tokens, repetition_penalty, chat_template_kwargs."""
+class _Request(BaseModel):
+    """POST /v1/chat/completions, less the generation options (added from glmflash.options)."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     messages: list[Message]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    min_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
     n: int | None = 1
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    thinking: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
@@ -74,9 +69,8 @@ class ChatCompletionRequest(BaseModel):
                 raise ApiError(400, f"Unknown field '{name}'.", code="unknown_field", param=name)
         if self.n not in (None, 1):
             raise ApiError(400, "Only n=1 is supported.", code="unsupported", param="n")
-        thinking = self.thinking
         template = self.chat_template_kwargs or {}
-        unknown = set(template) - {"enable_thinking"}
+        unknown = set(template) - TEMPLATE_KWARGS
         if unknown:
             name = sorted(unknown)[0]
             raise ApiError(
@@ -85,22 +79,7 @@ class ChatCompletionRequest(BaseModel):
                 code="unsupported",
                 param=f"chat_template_kwargs.{name}",
             )
-        if "enable_thinking" in template:
-            thinking = template["enable_thinking"]
-        options = {
-            "max_new_tokens": self.max_completion_tokens
-            if self.max_completion_tokens is not None
-            else self.max_tokens,
-            "min_new_tokens": self.min_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "seed": self.seed,
-        }
-        options = {k: v for k, v in options.items() if v is not None}
-        if thinking is not None:
-            options["thinking"] = thinking
+        options = from_openai(self.model_dump(), objects={"chat_template_kwargs": template})
         if self.response_format is not None:
             options["response_format"] = self.response_format
         return options
@@ -111,6 +90,15 @@ class ChatCompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
+
+
+ChatCompletionRequest = create_model(
+    "ChatCompletionRequest",
+    __base__=_Request,
+    __doc__="POST /v1/chat/completions: OpenAI's fields, with vLLM's top_k, min_tokens, "
+    "repetition_penalty and chat_template_kwargs, and glmflash's thinking and thinking_budget.",
+    **{key: (TYPES[o.kind] | None, None) for o in OPTIONS.values() for key in o.api if "." not in key},
+)
 
 
 def new_id() -> str:

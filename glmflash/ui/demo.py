@@ -11,12 +11,17 @@ import gradio as gr
 
 from ..errors import GlmflashError, ImageError
 from ..images import ImagePolicy
+from ..options import OPTIONS, to_openai
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
 
 UPDATE_EVERY_S = 0.05  # at most 20 page updates a second, however fast the model is
+# What the openai client takes as arguments; anything else goes in its extra_body.
+OPENAI_CLIENT_ARGS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop"
+}  # fmt: skip
 
 
 def build_demo(engine, settings) -> gr.Blocks:
@@ -26,9 +31,8 @@ def build_demo(engine, settings) -> gr.Blocks:
     info = engine.info
     limit = settings.max_new_tokens_limit
 
-    def respond(
-        message, chat, history, thinking, system, temperature, top_p, max_tokens, request: gr.Request
-    ):
+    def respond(request: gr.Request, message, chat, history, system, *values):
+        gen = _generation(dict(zip(controls, values, strict=True)))
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
         if not text and not files:
@@ -44,9 +48,8 @@ def build_demo(engine, settings) -> gr.Blocks:
             system_turn = [{"role": "system", "content": system}] if system and system.strip() else []
             # The engine checks and decodes everything here, before any output.
             stream = engine.stream(
-                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, thinking=bool(thinking),
-                temperature=float(temperature), top_p=float(top_p), max_new_tokens=int(max_tokens),
-            )  # fmt: skip
+                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, **gen
+            )
         except GlmflashError as exc:
             gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -83,7 +86,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             stops.pop(request.session_hash, None)
         history = [*history, turn, {"role": "assistant", "content": answer}]
         figures = _figures(final, t, engine.memory())
-        api = _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings)
+        api = _api_call(files, text, system, gen, settings)
         yield _chat(shown, reasoning, answer, t, pending=False), history, figures, api, None
 
     def stop_generation(request: gr.Request):
@@ -114,17 +117,25 @@ def build_demo(engine, settings) -> gr.Blocks:
                 placeholder=t["placeholder"], file_count="multiple", sources=["upload"],
                 submit_btn=True, stop_btn=True, elem_id="ask", show_label=False,
             )  # fmt: skip
+            controls: dict[str, gr.components.Component] = {}  # generation options, by library name
             with gr.Row():
-                thinking = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
+                controls["thinking"] = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
                 retry = gr.Button(t["retry"], size="sm", elem_id="retry")
                 new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
             figures = gr.Markdown(elem_id="figures")
             with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
                 system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
-                temperature = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
-                top_p = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
-                max_tokens = gr.Slider(16, limit, value=min(settings.max_new_tokens, limit), step=16,
-                                       label=t["max_tokens"], elem_id="max-tokens")  # fmt: skip
+                controls["temperature"] = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
+                controls["top_p"] = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
+                controls["max_new_tokens"] = gr.Slider(
+                    16, limit, value=min(settings.max_new_tokens, limit), step=16, label=t["max_tokens"],
+                    elem_id="max-tokens",
+                )  # fmt: skip
+                controls["thinking_budget"] = gr.Number(
+                    0, minimum=0, maximum=limit, precision=0, label=t["thinking_budget"],
+                    elem_id="thinking-budget",
+                )  # fmt: skip
+                controls["stop"] = gr.Textbox(label=t["stop"], lines=2, max_lines=4, elem_id="stop")
             with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
                 api = gr.Markdown(t["api_empty"], elem_id="api-call")
             order = (2, 1) if settings.lang == "zh" else (1, 2)  # both languages, the page's first
@@ -144,7 +155,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             api_answer = gr.Textbox()
             api_button = gr.Button()
 
-        inputs = [box, chatbot, history, thinking, system, temperature, top_p, max_tokens]
+        inputs = [box, chatbot, history, system, *controls.values()]
         outputs = [chatbot, history, figures, api, box]
         # Waiting turns queue at the engine (one generation at a time); Stop skips every queue.
         slots = settings.max_queue + 1
@@ -224,7 +235,20 @@ def _figures(final, t, memory) -> str:
     return text
 
 
-def _api_call(files, text, thinking, temperature, top_p, max_tokens, system, settings) -> str:
+def _generation(values: dict) -> dict:
+    """The page's controls -> Engine.stream keyword arguments (checked there, like any caller's)."""
+    gen = {name: value for name, value in values.items() if value not in (None, "")}
+    if "stop" in gen:  # one per line; spaces are part of a stop string
+        gen["stop"] = [line for line in gen["stop"].split("\n") if line]
+    if not gen.get("thinking_budget"):  # 0: no budget
+        gen.pop("thinking_budget", None)
+    for name, value in gen.items():
+        if isinstance(value, float) and value.is_integer() and OPTIONS[name].kind == "int":
+            gen[name] = int(value)  # sliders and number boxes give floats
+    return gen
+
+
+def _api_call(files, text, system, gen: dict, settings) -> str:
     """The curl and openai-client request that reproduces this turn against /v1/chat/completions."""
     names = [Path(_path(f)).name for f in files]
     content = [
@@ -234,10 +258,7 @@ def _api_call(files, text, thinking, temperature, top_p, max_tokens, system, set
     messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
         {"role": "user", "content": content}
     ]
-    request = {"model": settings.served_model_name, "messages": messages, "max_tokens": int(max_tokens),
-               "temperature": float(temperature), "top_p": float(top_p)}  # fmt: skip
-    if not thinking:
-        request["chat_template_kwargs"] = {"enable_thinking": False}
+    request = {"model": settings.served_model_name, "messages": messages, **to_openai(gen)}
     url = f"http://{settings.host}:{settings.port}/v1"
     body = json.dumps(request, ensure_ascii=False, indent=2)
     fill = "".join(f"#   {n}: base64 -w0 {n}\n" for n in names)
@@ -253,7 +274,7 @@ def _api_call(files, text, thinking, temperature, top_p, max_tokens, system, set
         '        name = part["image_url"]["url"].split("<base64 of ")[1].rstrip(">")\n'
         '        data = base64.b64encode(open(name, "rb").read()).decode()\n'
         '        part["image_url"]["url"] = "data:image/png;base64," + data\n'
-        'extra = {k: request.pop(k) for k in ["chat_template_kwargs"] if k in request}\n'
+        f"extra = {{k: request.pop(k) for k in {sorted(set(request) - OPENAI_CLIENT_ARGS)}}}\n"
         "reply = client.chat.completions.create(**request, extra_body=extra)\n"
         "print(reply.choices[0].message.content)"
     )
