@@ -285,3 +285,29 @@ def test_an_answer_cut_off_while_thinking_says_so(browser, cache_dir):
         figures = wait_for_figures(page)
         assert "Cut off while still thinking" in figures and "Max tokens (16)" in figures
         page.close()
+
+
+def test_with_api_keys_the_page_asks_for_one_and_its_endpoints_refuse_strangers(browser, engine):
+    import requests
+
+    with serving(engine, api_keys="page-key-1,page-key-2", max_new_tokens=16) as url:
+        closed = [("GET", "/config"), ("POST", "/gradio_api/upload"), ("POST", "/gradio_api/queue/join"),
+                  ("POST", "/gradio_api/call/ask"), ("GET", "/gradio_api/file=/etc/passwd")]  # fmt: skip
+        for method, path in closed:
+            response = requests.request(method, url + path, json={} if method == "POST" else None, timeout=10)
+            assert response.status_code == 401, (path, response.status_code)
+        session = requests.Session()
+        wrong = session.post(f"{url}/login", data={"username": "me", "password": "guess"}, timeout=10)
+        assert wrong.status_code == 400 and session.get(f"{url}/config", timeout=10).status_code == 401
+
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("input[type=password]", timeout=60_000)
+        assert page.locator("#ask textarea").count() == 0  # no page before signing in
+        page.locator("input[type=text]").first.fill("me")
+        page.locator("input[type=password]").fill("page-key-2")
+        page.locator("button", has_text="Login").click()
+        page.wait_for_selector("#ask textarea", timeout=60_000)
+        ask(page, "Hello?")
+        assert "tokens/s" in wait_for_figures(page)
+        page.close()

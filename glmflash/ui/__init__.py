@@ -4,10 +4,23 @@ from .demo import build_demo
 
 
 def mount_ui(app, engine, settings):
-    """Serve the page at / on the same FastAPI app (and port) as the API."""
+    """Serve the page at / on the same FastAPI app (and port) as the API. When the API needs keys
+    (GLMFLASH_API_KEYS or GLMFLASH_JWT_SECRET), so does the page: Gradio's sign-in form takes one
+    of them as the password (any user name), and every page endpoint (uploads, the queue, files)
+    refuses callers who have not signed in."""
     import gradio as gr
 
-    return gr.mount_gradio_app(app, build_demo(engine, settings), path="/")
+    from ..server.security import Authenticator
+
+    keys = Authenticator(settings.api_keys, settings.jwt_secret)
+    auth = None
+    if keys.enabled:
+
+        def auth(_user: str, password: str) -> bool:
+            return keys.identify(f"Bearer {password}") is not None
+
+    message = "Sign in with an API key of this server (or a JWT) as the password; any user name."
+    return gr.mount_gradio_app(app, build_demo(engine, settings), path="/", auth=auth, auth_message=message)
 
 
 __all__ = ["build_demo", "mount_ui"]
