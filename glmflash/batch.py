@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from .jobs import Summary, default_errors_path, expand_inputs, export_csv, run_job
@@ -101,41 +100,22 @@ def run(args, load_engine) -> int:
 
 
 class Progress:
-    """One self-rewriting status line on a terminal; a line every 10 s in logs."""
+    """A tqdm bar over the inputs (tqdm.auto: a widget in a notebook), with done, skipped and
+    failed counts; on a terminal it redraws itself, in a log it writes a line every 10 s."""
 
     def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = 0.0
-        self.width = 0
+        self.stream, self.bar = stream, None
 
     def __call__(self, s: Summary) -> None:
-        now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 10.0):
-            return
-        self.last = now
-        handled = s.done + s.skipped + s.duplicates + s.failed
-        rate = s.done / s.seconds if s.seconds > 0 else 0.0
-        left = s.total - handled
-        eta = _clock(left / rate) if rate > 0 else "?"
-        bar = "#" * int(20 * handled / max(s.total, 1))
-        text = (
-            f"[{bar:<20}] {handled}/{s.total}  done {s.done}  skipped {s.skipped + s.duplicates}  "
-            f"failed {s.failed}  {rate:.2f} img/s  ETA {eta}"
-        )
-        if self.tty:
-            self.stream.write("\r" + text.ljust(self.width))
-            self.width = len(text)
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            tty = self.stream.isatty()
+            self.bar = tqdm(total=s.total, unit="img", file=self.stream, dynamic_ncols=tty,
+                            mininterval=0.2 if tty else 10.0, maxinterval=10.0 if tty else 60.0)  # fmt: skip
+        self.bar.set_postfix(done=s.done, skipped=s.skipped + s.duplicates, failed=s.failed, refresh=False)
+        self.bar.update(s.done + s.skipped + s.duplicates + s.failed - self.bar.n)
 
     def finish(self) -> None:
-        if self.tty and self.width:
-            self.stream.write("\n")
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+        if self.bar is not None:
+            self.bar.close()

@@ -17,7 +17,11 @@ from pathlib import Path
 from .budget import worst_case_tokens
 from .errors import InvalidRequestError
 
-PRESETS = ("moderation", "invoice")
+_FOLDER = resources.files("glmflash").joinpath("data/tasks")
+# Every JSON file in glmflash/data/tasks is a preset: adding one is adding a file.
+PRESETS = tuple(
+    sorted(item.name[: -len(".json")] for item in _FOLDER.iterdir() if item.name.endswith(".json"))
+)
 DEFAULT_LANGUAGE = "English"
 UNBOUNDED_TOKENS = 2048  # the budget for a schema without length bounds (a cut answer is retried)
 THINKING_TOKENS = 8192  # added when a task thinks first: what the official demos give the model
@@ -71,15 +75,19 @@ class Task:
         return options
 
     def key(self) -> str:
-        """Fingerprint of what decides the answer (prompt, schema, thinking): part of job ids."""
-        blob = json.dumps([self.prompt, self.schema, self.thinking], sort_keys=True, ensure_ascii=False)
+        """Fingerprint of what decides the answer (prompt, schema, thinking and its budget): part
+        of job ids."""
+        decides = [self.prompt, self.schema, self.thinking]
+        if self.thinking and self.thinking_budget:
+            decides.append(self.thinking_budget)
+        blob = json.dumps(decides, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
     """A preset by name ("moderation", "invoice") or a task file of the same shape."""
     if name_or_path in PRESETS:
-        text = resources.files("glmflash").joinpath(f"data/tasks/{name_or_path}.json").read_text("utf-8")
+        text = _FOLDER.joinpath(f"{name_or_path}.json").read_text("utf-8")
         origin = f"preset {name_or_path}"
     else:
         path = Path(name_or_path).expanduser()
@@ -100,6 +108,20 @@ def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
         thinking_budget=_tokens(data.get("thinking_budget"), origin, "thinking_budget"),
         description=str(data.get("description", "")),
     )
+
+
+def preset_titles(lang: str) -> list[tuple[str, str]]:
+    """(title in `lang`, name) for every preset, from each file's "title" ({"en": ..., "zh": ...});
+    a file without one, or one that does not read, shows its name (the page still starts)."""
+    titles = []
+    for name in PRESETS:
+        try:
+            title = json.loads(_FOLDER.joinpath(f"{name}.json").read_text("utf-8")).get("title") or {}
+        except (OSError, ValueError, AttributeError):
+            title = {}
+        shown = title.get(lang) or title.get("en") if isinstance(title, dict) else None
+        titles.append((str(shown or name), name))
+    return titles
 
 
 def custom_task(prompt: str, schema_file: str | None = None, *, max_new_tokens: int | None = None) -> Task:

@@ -74,3 +74,19 @@ def test_a_task_that_thinks_within_a_budget_asks_for_it(tmp_path):
     assert task.generation()["thinking_budget"] == 256
     assert task.budget == worst_case_tokens({"enum": ["a", "b"]}) + 256 + 2  # <think> and </think>
     assert "thinking_budget" not in replace(task, thinking=False).generation()
+
+
+def test_presets_are_the_task_files_each_with_its_own_titles(tmp_path, monkeypatch):
+    from importlib import resources
+
+    from glmflash import tasks
+
+    folder = resources.files("glmflash").joinpath("data/tasks")
+    assert set(tasks.PRESETS) == {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json")}
+    assert dict((n, t) for t, n in tasks.preset_titles("zh"))["moderation"] == "内容审核"
+    (tmp_path / "meter.json").write_text('{"prompt": "Read the meter", "title": {"en": "Meter reading"}}')
+    (tmp_path / "broken.json").write_text("{")
+    monkeypatch.setattr(tasks, "_FOLDER", tmp_path)
+    monkeypatch.setattr(tasks, "PRESETS", ("broken", "meter"))
+    assert tasks.preset_titles("zh") == [("broken", "broken"), ("Meter reading", "meter")]
+    assert tasks.load_task("meter").prompt == "Read the meter"

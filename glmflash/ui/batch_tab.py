@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import GlmflashError
 from ..jobs import Summary, default_errors_path, export_csv, run_job
-from ..tasks import DEFAULT_LANGUAGE, PRESETS, load_task
+from ..tasks import DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
 from .labels import labels
 
 POLL_S = 0.5  # how often the page hears about a running job
@@ -34,8 +34,9 @@ def build_batch_tab(engine, settings) -> None:
             # file that is not an image becomes a row in the errors table.
             files = gr.File(label=t["batch_files"], file_count="multiple", elem_id="batch-files")
             task_name = gr.Radio(
-                [(t[f"batch_{name}"], name) for name in PRESETS],
-                value=PRESETS[0], label=t["batch_task"], elem_id="batch-task",
+                preset_titles(settings.lang),
+                value="moderation" if "moderation" in PRESETS else PRESETS[0],
+                label=t["batch_task"], elem_id="batch-task",
             )  # fmt: skip
             language = gr.Dropdown(
                 LANGUAGES, value="中文" if settings.lang == "zh" else DEFAULT_LANGUAGE,
