@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite (and the linters) in .venv, setting it up first if needed.
+# Run the whole test suite (and the linters and type checker) in .venv, setting it up first if needed.
 #   ./test.sh            everything
 #   ./test.sh -k engine  extra arguments go to pytest
 set -euo pipefail
@@ -20,4 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy --no-error-summary
 exec .venv/bin/python -m pytest "$@"

@@ -53,6 +53,8 @@ def _bytes(schema) -> int:
     kind = schema.get("type") or _implied_type(schema)
     if isinstance(kind, list):
         return max(_bytes({**schema, "type": one}) for one in kind)
+    if not isinstance(kind, str):
+        raise _Unbounded
     measure = {
         "null": lambda s: 4,
         "boolean": lambda s: 5,
@@ -122,7 +124,7 @@ def _pattern_chars(pattern: str) -> int | None:
     """The longest string a pattern anchored at both ends (^...$) matches; None otherwise (a
     JSON Schema pattern matches anywhere in a longer string)."""
     try:
-        from re import _parser as parser  # Python 3.11+
+        from re import _parser as parser  # type: ignore[attr-defined]  # Python 3.11+
     except ImportError:  # pragma: no cover - Python 3.10
         import sre_parse as parser
 

@@ -176,17 +176,17 @@ def _check(option: Option, value, limit: int):
     if option.kind == "stops":
         return _stops(value)
     high = limit if option.high is None else option.high
+    low = option.low if option.low is not None else float("-inf")
     if option.kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequestError(f"{name} must be an integer, got {value!r}.", param=name)
-        if not option.low <= value <= high:
+        if not low <= value <= high:
             raise InvalidRequestError(
                 f"{name} must be between {option.low} and {high}, got {value}.", param=name
             )
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise InvalidRequestError(f"{name} must be a number, got {value!r}.", param=name)
-    low = option.low
     if value > high or value < low or (option.low_open and value == low):
         bound = f"above {low}" if option.low_open else f"at least {low}"
         raise InvalidRequestError(f"{name} must be {bound} and at most {high}, got {value}.", param=name)

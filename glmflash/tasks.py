@@ -77,7 +77,7 @@ class Task:
     def key(self) -> str:
         """Fingerprint of what decides the answer (prompt, schema, thinking and its budget): part
         of job ids."""
-        decides = [self.prompt, self.schema, self.thinking]
+        decides: list = [self.prompt, self.schema, self.thinking]
         if self.thinking and self.thinking_budget:
             decides.append(self.thinking_budget)
         blob = json.dumps(decides, sort_keys=True, ensure_ascii=False)

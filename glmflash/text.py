@@ -23,7 +23,7 @@ MARKERS = {THINK_OPEN, THINK_CLOSE, "<|begin_of_box|>", "<|end_of_box|>"}
 class Detokenizer:
     """Incremental decoding that never splits a multi-byte character and leaves stop tokens out."""
 
-    def __init__(self, tokenizer, skip_ids):
+    def __init__(self, tokenizer, skip_ids) -> None:
         self.tokenizer = tokenizer
         self._backend = getattr(tokenizer, "_tokenizer", None)  # the Rust tokenizer: far less overhead
         self.skip_ids = set(skip_ids)

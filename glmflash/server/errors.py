@@ -32,9 +32,9 @@ class ApiError(Exception):
 
     @classmethod
     def from_library(cls, exc: GlmflashError) -> ApiError:
-        param = OPENAI_NAMES.get(exc.param, exc.param)
-        message = exc.message
+        param, message = exc.param, exc.message
         if exc.param in OPENAI_NAMES:
+            param = OPENAI_NAMES[exc.param]
             message = message.replace(exc.param, param)
         return cls(exc.status, message, code=exc.code, param=param)
 

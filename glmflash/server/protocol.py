@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -12,7 +12,7 @@ from ..options import OPTIONS, from_openai
 from .errors import ApiError
 
 # Fields OpenAI clients send that change nothing at their neutral value; anything else is refused.
-NEUTRAL = {
+NEUTRAL: dict[str, tuple] = {
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logprobs": (None, False),
@@ -92,13 +92,19 @@ class _Request(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
-ChatCompletionRequest = create_model(
-    "ChatCompletionRequest",
-    __base__=_Request,
-    __doc__="POST /v1/chat/completions: OpenAI's fields, with vLLM's top_k, min_tokens, "
-    "repetition_penalty and chat_template_kwargs, and glmflash's thinking and thinking_budget.",
-    **{key: (TYPES[o.kind] | None, None) for o in OPTIONS.values() for key in o.api if "." not in key},
-)
+_OPTION_FIELDS: dict[str, Any] = {
+    key: (TYPES[o.kind] | None, None) for o in OPTIONS.values() for key in o.api if "." not in key
+}
+if TYPE_CHECKING:  # to a type checker it is the base; FastAPI sees the option fields too
+    ChatCompletionRequest = _Request
+else:
+    ChatCompletionRequest = create_model(
+        "ChatCompletionRequest",
+        __base__=_Request,
+        __doc__="POST /v1/chat/completions: OpenAI's fields, with vLLM's top_k, min_tokens, "
+        "repetition_penalty and chat_template_kwargs, and glmflash's thinking and thinking_budget.",
+        **_OPTION_FIELDS,
+    )
 
 
 def new_id() -> str:

@@ -72,7 +72,7 @@ def build_batch_tab(engine, settings) -> None:
             return
         folder = Path(tempfile.mkdtemp(prefix="glmflash-batch-"))  # fresh per run: nothing is skipped
         job = _Job(engine, task, paths, folder)
-        stops[request.session_hash] = job.stop
+        stops[request.session_hash or ""] = job.stop
         shown = None  # (results, errors) counts last sent: the tables are only resent when they grow
         try:
             job.start()
@@ -94,11 +94,11 @@ def build_batch_tab(engine, settings) -> None:
         finally:  # also when the browser goes away mid-run
             job.stop.set()
             job.wait(None)
-            stops.pop(request.session_hash, None)
+            stops.pop(request.session_hash or "", None)
             shutil.rmtree(folder, ignore_errors=True)  # the downloads were copied into Gradio's cache
 
     def stop_batch(request: gr.Request):
-        event = stops.get(request.session_hash)
+        event = stops.get(request.session_hash or "")
         if event is not None:
             event.set()
 
@@ -178,7 +178,8 @@ class _Lines:
     """The complete records of a JSON lines file that another thread is appending to."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.records = path, 0, []
+        self.path, self.offset = path, 0
+        self.records: list[dict] = []
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -260,4 +261,4 @@ def _plain(message: str) -> str:
 
 
 def _path(file) -> str:
-    return file.get("path") if isinstance(file, dict) else str(file)
+    return str(file.get("path")) if isinstance(file, dict) else str(file)

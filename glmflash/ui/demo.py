@@ -54,7 +54,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        stops[request.session_hash] = stop
+        stops[request.session_hash or ""] = stop
         shown = chat + [{"role": "user", "content": {"path": _path(f)}} for f in files]
         shown = [*shown, {"role": "user", "content": text or " "}]
         answer, reasoning, final = "", "", None
@@ -83,14 +83,14 @@ def build_demo(engine, settings) -> gr.Blocks:
             yield chat, history, gr.skip(), gr.skip(), message
             return
         finally:
-            stops.pop(request.session_hash, None)
+            stops.pop(request.session_hash or "", None)
         history = [*history, turn, {"role": "assistant", "content": answer}]
         figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, system, gen, settings)
         yield _chat(shown, reasoning, answer, t, pending=False), history, figures, api, None
 
     def stop_generation(request: gr.Request):
-        event = stops.get(request.session_hash)
+        event = stops.get(request.session_hash or "")
         if event is not None:
             event.set()
 
@@ -192,7 +192,7 @@ def _plain(message: str) -> str:
 
 
 def _path(file) -> str:
-    return file.get("path") if isinstance(file, dict) else str(file)
+    return str(file.get("path")) if isinstance(file, dict) else str(file)
 
 
 def _chat(shown, reasoning, answer, t, *, pending: bool):
