@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .server.run import serve
 
-            serve(engine, engine.settings)
+            serve(engine, settings)  # the whole Settings: the engine holds none of the server's secrets
             return 0
         return _chat(engine, args)
     except GlmflashError as exc:

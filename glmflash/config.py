@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import InvalidRequestError
 
 DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+SERVER_SECRETS = ("api_keys", "jwt_secret")
 
 
 def _default_cache_dir() -> str:
@@ -60,6 +61,12 @@ class Settings:
     audit_log: str = ""  # JSON-lines file; empty = no audit log
     audit_log_max_bytes: int = 50_000_000  # rotate above this size (5 files kept)
     audit_log_prompts: bool = False  # also log the prompt text (never the images)
+
+    def without_secrets(self) -> Settings:
+        """A copy for an engine: the server's own secrets (its API keys, its JWT secret) left
+        out, so nothing that holds an engine (a notebook, a job, a log of engine.settings) holds
+        them. The server gets the whole Settings."""
+        return replace(self, **{name: "" for name in SERVER_SECRETS})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:

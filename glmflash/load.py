@@ -375,7 +375,9 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
 
         settings = _replace(base, {k: v for k, v in options.items() if v is not None})
         return RemoteEngine(
-            url or base.backend_url, api_key=api_key or base.backend_api_key or None, settings=settings
+            url or base.backend_url,
+            api_key=api_key or base.backend_api_key or None,
+            settings=settings.without_secrets(),
         )
     unknown = set(options) - set(Settings.__dataclass_fields__)
     if unknown:
@@ -406,7 +408,7 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         demo_model=checkpoint.demo,
         placement_reason=placement.reason,
     )
-    return Engine(model_obj, processor, info, settings)
+    return Engine(model_obj, processor, info, settings.without_secrets())
 
 
 def _replace(settings: Settings, changes: dict) -> Settings:

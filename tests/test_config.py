@@ -69,3 +69,12 @@ def test_temperature_zero_means_greedy():
     assert (
         config.do_sample and config.top_p == 0.9 and config.temperature == 0.8 and config.max_new_tokens == 5
     )
+
+
+def test_an_engine_never_holds_the_servers_secrets(cache_dir):
+    import glmflash
+
+    settings = Settings(cache_dir=str(cache_dir), api_keys="k1,k2", jwt_secret="s3cret", max_images=3)
+    engine = glmflash.load("tiny", "fp32", "cpu", settings=settings)
+    assert (engine.settings.api_keys, engine.settings.jwt_secret) == ("", "")
+    assert engine.settings.max_images == 3  # the rest is the same

@@ -86,3 +86,17 @@ def test_compiled_decoding_compiles_before_the_server_is_ready(cache_dir, monkey
             process.kill()
     compiled, serving = output.index("compiled in"), output.index("serving glmflash/tiny")
     assert "for batches of 1, 2 and 8" in output and compiled < serving, output
+
+
+def test_the_served_api_needs_its_key_though_the_engine_never_holds_it(cache_dir, monkeypatch):
+    monkeypatch.setenv("GLMFLASH_API_KEYS", "process-key")
+    process, url = start(cache_dir)
+    try:
+        assert requests.get(f"{url}/v1/models", timeout=10).status_code == 401
+        allowed = requests.get(
+            f"{url}/v1/models", headers={"Authorization": "Bearer process-key"}, timeout=10
+        )
+        assert allowed.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(30)
