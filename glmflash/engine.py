@@ -26,6 +26,7 @@ from .errors import GenerationError, GlmflashError, InsufficientMemoryError, Inv
 from .images import ImagePolicy
 from .load import stop_token_ids
 from .messages import ask_messages
+from .options import batch_key
 from .pipeline import Clock, Request, closing, prepare
 from .text import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from .thinking import THINK_CLOSE, THINK_OPEN
@@ -44,7 +45,7 @@ class Engine(EngineBase):
         self.settings = settings
         self.image_policy = ImagePolicy.from_settings(settings)
         self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
-        self._json = None  # grammar.Constraints  # grammar support, made when JSON output is first asked for
+        self._json = None  # grammar.Constraints, made when JSON output is first asked for
         self._batch: Batcher | None = None
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         self.stop_ids = stop_token_ids(model, self.tokenizer)
@@ -286,7 +287,7 @@ class Engine(EngineBase):
             # makes its own here, while the batcher generates or waits for the others.
             alone = not batcher.busy and self._active <= 1
             row = RowRequest(
-                inputs if alone else inputs(), config, options.batch_key(self.model.generation_config),
+                inputs if alone else inputs(), config, batch_key(config),
                 (stop, halt), options.seed, template,
                 thinking_budget=options.thinking_budget if options.thinking else None, thinking_open=opened,
             )  # fmt: skip

@@ -336,14 +336,14 @@ def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "b
     kwargs = {"dtype": dtype, "device_map": {"": placement.device}}
     if placement.precision in ("int8", "int4"):
         kwargs["quantization_config"] = quantization_config(placement.precision, dtype, quantizer)
+    config = AutoConfig.from_pretrained(checkpoint.source)
     if placement.device.startswith("cuda"):
-        config = AutoConfig.from_pretrained(checkpoint.source)
         free, _ = torch.cuda.mem_get_info(torch.device(placement.device))
         check_gpu_memory(
             estimate_memory(config, placement.precision), placement.precision, free, placement.device
         )
     processor = AutoProcessor.from_pretrained(checkpoint.source)
-    check_token_ids(AutoConfig.from_pretrained(checkpoint.source), processor.tokenizer)
+    check_token_ids(config, processor.tokenizer)  # before the weights: a mismatch fails in seconds
     try:
         model = AutoModelForImageTextToText.from_pretrained(checkpoint.source, **kwargs)
     except torch.cuda.OutOfMemoryError:

@@ -32,10 +32,16 @@ class Option:
     api: tuple[str, ...] = ()
     batch: bool = False
     help: str = ""
+    send: str = ""  # the field a request body sets it with, when not the first API name
 
     @property
     def api_name(self) -> str:
         return self.api[0] if self.api else self.name
+
+    @property
+    def wire_name(self) -> str:
+        """The name a request body uses for it (a backend's, the page's Show API call)."""
+        return self.send or self.api_name
 
 
 OPTIONS = {
@@ -54,8 +60,8 @@ OPTIONS = {
         Option("repetition_penalty", "float", 0.1, 10.0, api=("repetition_penalty",), batch=True,
                help="above 1 discourages repeating tokens"),
         Option("seed", "int", 0, 2**63 - 1, api=("seed",), help="makes sampled answers repeatable"),
-        Option("thinking", "bool", api=("chat_template_kwargs.enable_thinking", "thinking"),
-               help="let the model reason before it answers"),
+        Option("thinking", "bool", api=("thinking", "chat_template_kwargs.enable_thinking"),
+               send="chat_template_kwargs.enable_thinking", help="let the model reason before it answers"),
         Option("stop", "stops", api=("stop",),
                help="up to 4 strings; the answer ends before the first of them"),
         Option("thinking_budget", "int", 1, None, api=("thinking_budget",),
@@ -103,8 +109,7 @@ class GenerationOptions:
     def batch_key(self, base) -> tuple:
         """Requests with equal keys may share a batch: every batch-wide setting as it will be
         applied (`base`: the checkpoint's GenerationConfig, for the options left unset)."""
-        config = self.generation_config(base)
-        return (config.do_sample, *(getattr(config, name) for name, o in OPTIONS.items() if o.batch))
+        return batch_key(self.generation_config(base))
 
     def generation_config(self, base):
         """A copy of the checkpoint's GenerationConfig with these options applied."""
@@ -133,12 +138,18 @@ class GenerationOptions:
         }
 
 
+def batch_key(config) -> tuple:
+    """The batch-wide settings of a GenerationConfig as applied: rows that share a batch must
+    agree on all of them (the batch runs with one config)."""
+    return (config.do_sample, *(getattr(config, name) for name, o in OPTIONS.items() if o.batch))
+
+
 def to_openai(options: dict) -> dict:
     """Library options -> the fields of an OpenAI chat request (a backend's body, the page's
     "Show API call"), each under its canonical API name."""
     body: dict = {}
     for name, value in options.items():
-        target, key = body, OPTIONS[name].api_name
+        target, key = body, OPTIONS[name].wire_name
         *outer, leaf = key.split(".")
         for part in outer:
             target = target.setdefault(part, {})
@@ -162,7 +173,7 @@ def from_openai(fields_: dict, *, objects: dict[str, dict]) -> dict:
 
 def api_names() -> dict[str, str]:
     """Library name -> its canonical API name, where they differ (for error messages)."""
-    return {name: o.api_name for name, o in OPTIONS.items() if o.api_name != name and "." not in o.api_name}
+    return {name: o.api_name for name, o in OPTIONS.items() if o.api_name != name}
 
 
 def _check(option: Option, value, limit: int):

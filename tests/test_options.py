@@ -54,6 +54,9 @@ def test_each_option_is_declared_once_and_the_rest_derives_from_it():
     body = to_openai(every)
     assert body["chat_template_kwargs"] == {"enable_thinking": False} and body["max_tokens"] == 9
     assert from_openai(body, objects={"chat_template_kwargs": body["chat_template_kwargs"]}) == every
+    # as OpenAI clients send them: the template's switch wins over a top-level one
+    both = from_openai({"thinking": True}, objects={"chat_template_kwargs": {"enable_thinking": False}})
+    assert both == {"thinking": False}
 
 
 def test_requests_differing_only_in_per_row_options_share_a_batch(engine):
