@@ -125,7 +125,7 @@ if [ "$mode" = check ]; then
   exec "$py" -m glmflash "${args[@]}"
 fi
 
-port_free() { "$py" "$root/glmflash/ports.py" "$1" "$2"; }
+port_free() { "$py" "$root/glmflash/commands/ports.py" "$1" "$2"; }
 port_free "$host" "$port" || exit 2
 if [ "$jupyter" = 1 ]; then
   port_free "$host" "$jport" || exit 2

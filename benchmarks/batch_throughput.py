@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 import glmflash
-from glmflash.jobs import run_job
-from glmflash.tasks import load_task
+from glmflash.jobs.runner import run_job
+from glmflash.jobs.tasks import load_task
 
 
 def make_images(folder: Path, count: int, size: int) -> list[Path]:

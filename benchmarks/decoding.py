@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import glmflash
-from glmflash.bench import through_engine, workload
-from glmflash.engine import Engine
+from glmflash.backends.local.engine import Engine
+from glmflash.commands.bench import through_engine, workload
 
 
 def twin(engine, **changes) -> Engine:
     """The same weights behind another engine with other settings."""
-    return Engine(engine.model, engine.processor, engine.info, replace(engine.settings, **changes))
+    return Engine(engine.model, engine.processor, engine.info, engine.settings.replace(**changes))
 
 
 def measure(engine, args) -> dict:

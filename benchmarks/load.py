@@ -75,12 +75,12 @@ def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False):
     import uvicorn
 
     import glmflash
-    from glmflash.engine import Engine
+    from glmflash.backends.local.engine import Engine
     from glmflash.server import create_app
 
     engine = engine or glmflash.load("tiny")
-    settings = glmflash.Settings(
-        max_queue=64, max_batch_size=batch_size, cache_dir=engine.settings.cache_dir, compile=compile
+    settings = glmflash.Settings.build(
+        max_queue=64, max_batch_size=batch_size, cache_dir=engine.settings.model.cache_dir, compile=compile
     )
     engine = Engine(engine.model, engine.processor, engine.info, settings)
     with socket.socket() as s:

@@ -5,7 +5,7 @@ The public API: `load()` returns an engine (`Engine` here, `RemoteEngine` for a 
 Importing glmflash does not import torch; loading a model does.
 """
 
-from .chunks import Chunk, EngineInfo, Memory, Reply, Timings, Usage
+from .backends.local.load import load
 from .config import Settings
 from .contract import EngineBase
 from .errors import (
@@ -18,8 +18,8 @@ from .errors import (
     ModelNotFoundError,
     PrecisionError,
 )
-from .images import ImagePolicy
-from .load import load
+from .inputs.images import ImagePolicy
+from .replies import Chunk, EngineInfo, Memory, Reply, Timings, Usage
 
 __version__ = "0.1.0"
 
@@ -50,11 +50,11 @@ __all__ = [
 def __getattr__(name: str):
     """The engines, imported when first named: the local one brings torch with it."""
     if name == "Engine":
-        from .engine import Engine
+        from .backends.local.engine import Engine
 
         return Engine
     if name == "RemoteEngine":
-        from .remote import RemoteEngine
+        from .backends.remote import RemoteEngine
 
         return RemoteEngine
     raise AttributeError(f"module 'glmflash' has no attribute {name!r}")

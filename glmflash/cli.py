@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (GLMFLASH_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (GLMFLASH_PORT, default 8080)")
 
-    from . import batch
+    from .commands import batch
 
     batch.add_parser(commands, _model_flags)
 
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             print(build_tiny_model(args.path, seed=args.seed, template=args.template))
             return 0
         if args.command == "bench":
-            from .bench import main as bench
+            from .commands.bench import main as bench
 
             return bench(args, settings)
         if args.command == "batch":
-            from . import batch
+            from .commands import batch
 
             return batch.run(args, lambda: _load(args, settings))
         for path in getattr(args, "images", []):
@@ -173,19 +173,17 @@ def _cost(args) -> int:
 
 
 def _check(args, settings) -> int:
-    from dataclasses import replace
-
-    from .check import format_report, run_checks
+    from .commands.check import format_report, run_checks
 
     chosen = {k: getattr(args, k) for k in ("model", "precision", "device") if getattr(args, k)}
     jupyter_port = None if args.no_jupyter else args.jupyter_port
-    findings = run_checks(replace(settings, **chosen), jupyter_port=jupyter_port)
+    findings = run_checks(settings.replace(**chosen), jupyter_port=jupyter_port)
     print(format_report(findings))
     return 1 if any(f.level == "fail" for f in findings) else 0
 
 
 def _load(args, settings):
-    from .load import load
+    from .backends.local.load import load
 
     return load(args.model, args.precision, args.device, settings=settings)
 

@@ -1,7 +1,7 @@
-"""The engine contract: what every backend offers (the local transformers engine, engine.Engine,
-and the OpenAI-compatible remote one, remote.RemoteEngine), and all that the server, page, CLI,
-jobs, bench and notebooks may use. Both engines pass one contract test suite
-(tests/test_contract.py); nobody probes for attributes beyond this.
+"""The engine contract: what every backend offers (the local transformers engine,
+backends.local.engine.Engine, and the OpenAI-compatible remote one, backends.remote.RemoteEngine),
+and all that the server, page, CLI, jobs, bench and notebooks may use. Both engines pass one
+contract test suite (tests/test_contract.py); nobody probes for attributes beyond this.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ import abc
 import threading
 from collections.abc import Iterator, Sequence
 
-from .chunks import Chunk, EngineInfo, Memory, Reply
-from .config import Settings
-from .images import ImagePolicy
-from .messages import ask_messages
+from .config import EngineSettings
+from .inputs.images import ImagePolicy
+from .inputs.messages import ask_messages
+from .replies import Chunk, EngineInfo, Memory, Reply
 
 
 class EngineBase(abc.ABC):
-    """An engine: `info` says what runs where, `settings` its limits and defaults."""
+    """An engine: `info` says what runs where, `settings` its model, request limits
+    and batching (config.EngineSettings: never the server's part)."""
 
     info: EngineInfo
-    settings: Settings
+    settings: EngineSettings
 
     @abc.abstractmethod
     def stream(

@@ -1,7 +1,7 @@
 """The request pipeline both engines share: `prepare` checks everything before any generation
 (options, response format, messages, images), and `closing` builds the last chunk (finish reason,
 usage, timings with one definition, the validated JSON answer). Between them each backend produces
-text that goes through text.TextStage.
+text that goes through text.stage.TextStage.
 
 Timings mean the same on every engine: time to first token counts from the call (validation and
 image decoding included) to the first generated token; tokens/s is (generated tokens - 1) over the
@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .chunks import Chunk, Timings, Usage
-from .images import ImagePolicy, load_image
-from .messages import to_conversation
+from .config import RequestLimits
+from .inputs.images import ImagePolicy, load_image
+from .inputs.messages import to_conversation
 from .options import GenerationOptions
-from .structured import requested_schema, validate_answer
-from .text import TextStage
+from .replies import Chunk, Timings, Usage
+from .text.stage import TextStage
+from .text.structured import requested_schema, validate_answer
 
 
 @dataclass
@@ -36,21 +37,27 @@ class Request:
 
 
 def prepare(
-    messages, gen: dict, settings, policy: ImagePolicy, *, control_tokens: Iterable[str], started: float
+    messages,
+    gen: dict,
+    limits: RequestLimits,
+    policy: ImagePolicy,
+    *,
+    control_tokens: Iterable[str],
+    started: float,
 ) -> Request:
     """Validate everything a caller sent; raises a GlmflashError before any generation."""
     gen = dict(gen)
     response_format = gen.pop("response_format", None)
     schema = requested_schema(response_format)
     options = GenerationOptions.build(
-        default_max_new_tokens=settings.max_new_tokens,
-        max_new_tokens_limit=settings.max_new_tokens_limit,
+        default_max_new_tokens=limits.max_new_tokens,
+        max_new_tokens_limit=limits.max_new_tokens_limit,
         **gen,
     )
     conversation, images = to_conversation(
         messages,
         load_image=lambda source: load_image(source, policy),
-        max_images=settings.max_images,
+        max_images=limits.max_images,
         control_tokens=control_tokens,
     )
     return Request(conversation, images, options, schema, response_format, started)

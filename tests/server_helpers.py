@@ -9,8 +9,8 @@ import time
 
 import uvicorn
 
+from glmflash.backends.local.engine import Engine
 from glmflash.config import Settings
-from glmflash.engine import Engine
 from glmflash.server import create_app
 
 
@@ -23,13 +23,16 @@ def free_port() -> int:
 def engine_with(engine: Engine, **settings) -> Engine:
     """The same loaded model under other limits (tests run one at a time, so sharing is safe)."""
     return Engine(
-        engine.model, engine.processor, engine.info, Settings(cache_dir=engine.settings.cache_dir, **settings)
+        engine.model,
+        engine.processor,
+        engine.info,
+        Settings.build(cache_dir=engine.settings.model.cache_dir, **settings),
     )
 
 
 @contextlib.contextmanager
 def running_server(engine: Engine, app=None, **settings):
-    settings = Settings(**settings)
+    settings = Settings.build(**settings)
     app = app or create_app(engine, settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False)
     server = uvicorn.Server(config)

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glmflash.backends.local.engine import Engine
 from glmflash.config import Settings
-from glmflash.engine import Engine
 
 
 def engine_batching(engine, **settings) -> Engine:
     return Engine(
-        engine.model, engine.processor, engine.info, Settings(cache_dir=engine.settings.cache_dir, **settings)
+        engine.model,
+        engine.processor,
+        engine.info,
+        Settings.build(cache_dir=engine.settings.model.cache_dir, **settings),
     )
 
 

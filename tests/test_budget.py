@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from glmflash.budget import SLACK, worst_case_tokens
 from glmflash.config import Settings
-from glmflash.structured import MAX_DIGIT_RUN
-from glmflash.tasks import THINKING_TOKENS, UNBOUNDED_TOKENS, custom_task, load_task
+from glmflash.jobs.tasks import THINKING_TOKENS, UNBOUNDED_TOKENS, custom_task, load_task
+from glmflash.text.budget import SLACK, worst_case_tokens
+from glmflash.text.structured import MAX_DIGIT_RUN
 
 
 def obj(**properties):
@@ -56,7 +56,7 @@ def test_the_presets_budgets_cover_their_schemas_and_fit_the_limit():
         task = load_task(name)
         worst = worst_case_tokens(task.schema)
         assert worst is not None and task.generation()["max_new_tokens"] == task.budget == worst
-        assert worst <= Settings().max_new_tokens_limit
+        assert worst <= Settings().limits.max_new_tokens_limit
     assert worst_case_tokens(load_task("moderation").schema) < 2000
     thinking = replace(load_task("moderation"), thinking=True)
     assert thinking.budget == worst_case_tokens(thinking.schema) + THINKING_TOKENS
@@ -79,7 +79,7 @@ def test_a_task_that_thinks_within_a_budget_asks_for_it(tmp_path):
 def test_presets_are_the_task_files_each_with_its_own_titles(tmp_path, monkeypatch):
     from importlib import resources
 
-    from glmflash import tasks
+    from glmflash.jobs import tasks
 
     folder = resources.files("glmflash").joinpath("data/tasks")
     assert set(tasks.PRESETS) == {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json")}

@@ -20,14 +20,14 @@ def test_environment_values_are_typed():
             "OTHER": "ignored",
         }
     )
-    assert settings.model == "/models/glm" and settings.precision == "int8"
-    assert settings.max_image_pixels == 500_000 and settings.allow_image_urls is True
-    assert settings.image_url_allowed_networks == ("10.0.0.0/8", "192.168.1.0/24")
+    assert settings.model.name == "/models/glm" and settings.model.precision == "int8"
+    assert settings.limits.max_image_pixels == 500_000 and settings.limits.allow_image_urls is True
+    assert settings.limits.image_url_allowed_networks == ("10.0.0.0/8", "192.168.1.0/24")
 
 
 def test_overrides_win_over_environment():
-    assert Settings.from_env({"GLMFLASH_MODEL": "x"}, model="tiny").model == "tiny"
-    assert Settings.from_env({"GLMFLASH_MODEL": "x"}, model=None).model == "x"
+    assert Settings.from_env({"GLMFLASH_MODEL": "x"}, model="tiny").model.name == "tiny"
+    assert Settings.from_env({"GLMFLASH_MODEL": "x"}, model=None).model.name == "x"
 
 
 @pytest.mark.parametrize(("name", "value"), [("MAX_NEW_TOKENS", "lots"), ("ALLOW_IMAGE_URLS", "maybe")])
@@ -74,7 +74,22 @@ def test_temperature_zero_means_greedy():
 def test_an_engine_never_holds_the_servers_secrets(cache_dir):
     import glmflash
 
-    settings = Settings(cache_dir=str(cache_dir), api_keys="k1,k2", jwt_secret="s3cret", max_images=3)
+    settings = Settings.build(cache_dir=str(cache_dir), api_keys="k1,k2", jwt_secret="s3cret", max_images=3)
     engine = glmflash.load("tiny", "fp32", "cpu", settings=settings)
-    assert (engine.settings.api_keys, engine.settings.jwt_secret) == ("", "")
-    assert engine.settings.max_images == 3  # the rest is the same
+    assert not hasattr(engine.settings, "server") and "s3cret" not in repr(engine.settings)
+    assert engine.settings.limits.max_images == 3  # the rest is the same
+
+
+def test_settings_are_split_by_owner_with_the_same_variable_names():
+    settings = Settings.from_env(
+        {"GLMFLASH_MODEL": "tiny", "GLMFLASH_MAX_IMAGES": "3", "GLMFLASH_MAX_BATCH_SIZE": "2",
+         "GLMFLASH_PORT": "9000", "GLMFLASH_DEBUG": "1"}
+    )  # fmt: skip
+    assert settings.model.name == "tiny" and settings.limits.max_images == 3
+    assert settings.batching.max_batch_size == 2 and settings.server.port == 9000 and settings.debug
+    changed = settings.replace(port=9001, max_images=None)
+    assert changed.server.port == 9001 and changed.limits.max_images == 3 and settings.server.port == 9000
+    with pytest.raises(InvalidRequestError, match="colour"):
+        settings.replace(colour="red")
+    with pytest.raises(InvalidRequestError, match="port"):
+        settings.for_engine().replace(port=1)  # an engine's settings have no server part

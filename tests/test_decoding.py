@@ -9,10 +9,10 @@ import sys
 import pytest
 
 import glmflash
-from glmflash.bench import parse_variant
-from glmflash.decoding import MIN_CACHE_TOKENS, cache_tokens, compiled_config
+from glmflash.backends.local.decoding import MIN_CACHE_TOKENS, cache_tokens, compiled_config
+from glmflash.backends.local.load import quantization_config
+from glmflash.commands.bench import parse_variant
 from glmflash.errors import GenerationError, InvalidRequestError, MissingDependencyError, PrecisionError
-from glmflash.load import quantization_config
 
 from .test_batching import MIXED, concurrently, engine_batching
 
@@ -90,7 +90,7 @@ def test_warm_up_compiles_what_later_requests_need(engine):
 def test_a_failing_compilation_is_a_clear_error_at_warm_up(engine, monkeypatch):
     import torch
 
-    from glmflash import engine as engine_module
+    from glmflash.backends.local import engine as engine_module
 
     def broken(config, device):
         config = compiled_config(config, device)
@@ -150,7 +150,7 @@ def test_bench_variants():
 def shrunken_full_size_config():
     """The full-size architecture cut down in every width and depth, with its vocabulary and all
     its token ids kept: what the GPU run loads, small enough for this CPU."""
-    from glmflash.load import full_size_config
+    from glmflash.backends.local.load import full_size_config
 
     config = full_size_config()
     text, vision = config.text_config, config.vision_config
@@ -166,10 +166,10 @@ def shrunken_full_size_config():
 
 def test_arch_only_runs_every_variant_end_to_end_on_the_cpu():
     """The GPU measurement's whole flow (random checkpoint, loading each variant through
-    glmflash.load, the figures, a save after each) on a shrunken copy of the full-size config that
+    glmflash.load(), the figures, a save after each) on a shrunken copy of the full-size config that
     keeps the real token ids (<|image|> 151363), so the one GPU run a session may get is not spent
     on a bug. Its tokenizer must number its tokens as the config does, or every image fails."""
-    from glmflash.bench import arch_only
+    from glmflash.commands.bench import arch_only
 
     saved = []
     variants = ["fp32", "int8+torchao", "fp32+compile", "int4"]
@@ -191,8 +191,8 @@ def test_arch_only_runs_every_variant_end_to_end_on_the_cpu():
 def test_the_random_checkpoint_carries_the_real_token_ids_in_config_and_tokenizer(tmp_path):
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from glmflash.bench import random_checkpoint
-    from glmflash.load import TOKEN_FIELDS
+    from glmflash.backends.local.load import TOKEN_FIELDS
+    from glmflash.commands.bench import random_checkpoint
 
     folder = random_checkpoint(tmp_path, shrunken_full_size_config(), "cpu")
     config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
@@ -206,11 +206,11 @@ def test_the_random_checkpoint_carries_the_real_token_ids_in_config_and_tokenize
 
 
 def test_check_says_whether_torchao_and_compiling_can_work_here(monkeypatch):
-    from glmflash import check
+    from glmflash.commands import check
     from glmflash.config import Settings
 
     def findings(**settings):
-        chosen = Settings(model="tiny", device="cpu", **settings)
+        chosen = Settings.build(model="tiny", device="cpu", **settings)
         return {f.topic: (f.level, f.detail) for f in check.run_checks(chosen, jupyter_port=None)}
 
     ready = findings(precision="int8", quantizer="torchao", compile=True)

@@ -17,9 +17,9 @@ import openai
 import pytest
 import requests
 
-from glmflash.jobs import run_job
-from glmflash.remote import RemoteEngine
-from glmflash.tasks import custom_task
+from glmflash.backends.remote import RemoteEngine
+from glmflash.jobs.runner import run_job
+from glmflash.jobs.tasks import custom_task
 from tests.conftest import ROOT, png_bytes
 from tests.server_helpers import free_port, running_server, wait_until
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 import glmflash
 from glmflash.errors import GenerationError, ImageError, InvalidRequestError
-from glmflash.text import Detokenizer
-from glmflash.thinking import ThinkingSplitter
+from glmflash.text.stage import Detokenizer
+from glmflash.text.thinking import ThinkingSplitter
 from tests.conftest import data_url, favour, png_bytes, prompt_form
 from tests.server_helpers import engine_with, wait_until
 
@@ -316,4 +316,4 @@ def test_an_answer_cut_inside_its_thinking_says_so(thinking_forever, engine):
 
 def test_the_default_budget_lets_a_thinking_answer_finish(engine):
     """The official demos give 8192 new tokens, thinking included; so does glmflash by default."""
-    assert engine.settings.max_new_tokens == 8192 <= engine.settings.max_new_tokens_limit
+    assert engine.settings.limits.max_new_tokens == 8192 <= engine.settings.limits.max_new_tokens_limit

@@ -20,7 +20,7 @@ def test_tiny_model_on_gpu(cache_dir, precision):
 
 
 def test_auto_precision_on_gpu_is_bf16_or_fp16():
-    from glmflash.load import choose_placement
+    from glmflash.backends.local.load import choose_placement
 
     placement = choose_placement("auto", "auto")
     assert placement.precision in ("bf16", "fp16") and placement.device == "cuda:0"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from glmflash.errors import ImageError
-from glmflash.images import ImagePolicy, decode_data_url, load_image
+from glmflash.inputs.images import ImagePolicy, decode_data_url, load_image
 from tests.conftest import data_url, png_bytes
 
 POLICY = ImagePolicy()

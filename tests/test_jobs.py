@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from glmflash.errors import InsufficientMemoryError
-from glmflash.jobs import JsonlFile, expand_inputs, export_csv, run_job
-from glmflash.tasks import custom_task, load_task
+from glmflash.jobs.runner import JsonlFile, expand_inputs, export_csv, run_job
+from glmflash.jobs.tasks import custom_task, load_task
 from tests.conftest import ROOT, png_bytes
 from tests.server_helpers import engine_with, wait_until
 
@@ -231,8 +231,8 @@ def test_cli_refuses_bad_arguments_before_loading(tmp_path, cache_dir, schema_fi
 def test_progress_bar_shows_counts_and_the_rate():
     import io
 
-    from glmflash.batch import Progress
-    from glmflash.jobs import Summary
+    from glmflash.commands.batch import Progress
+    from glmflash.jobs.runner import Summary
 
     stream = io.StringIO()  # not a terminal: tqdm writes a line at most every 10 s
     progress = Progress(stream)

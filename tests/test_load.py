@@ -8,20 +8,20 @@ import sys
 import pytest
 
 import glmflash
-from glmflash.config import Settings
-from glmflash.errors import (
-    InsufficientMemoryError,
-    MissingDependencyError,
-    ModelNotFoundError,
-    PrecisionError,
-)
-from glmflash.load import (
+from glmflash.backends.local.load import (
     GiB,
     check_gpu_memory,
     choose_placement,
     estimate_memory,
     full_size_config,
     quantization_config,
+)
+from glmflash.config import Settings
+from glmflash.errors import (
+    InsufficientMemoryError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    PrecisionError,
 )
 from tests.conftest import favour, run_cli
 from tests.server_helpers import engine_with
@@ -75,15 +75,17 @@ def test_bitsandbytes_missing(monkeypatch):
 
 
 def test_named_checkpoint_offline_is_an_error_not_a_fallback(tmp_path, monkeypatch):
-    module = sys.modules["glmflash.load"]  # the module, not the load() function of the same name
+    module = sys.modules[
+        "glmflash.backends.local.load"
+    ]  # the module, not the load() function of the same name
     monkeypatch.setattr(module, "_cached_snapshot", lambda repo: None)
     monkeypatch.setattr(module, "_hub_status", lambda repo: (False, False))
     with pytest.raises(ModelNotFoundError, match=r"hf download zai-org/GLM-4.6V-Flash.*GLMFLASH_MODEL"):
-        glmflash.load("zai-org/GLM-4.6V-Flash", settings=Settings(cache_dir=str(tmp_path)))
+        glmflash.load("zai-org/GLM-4.6V-Flash", settings=Settings.build(cache_dir=str(tmp_path)))
 
 
 def test_missing_folder_and_folder_without_config(tmp_path):
-    settings = Settings(cache_dir=str(tmp_path))
+    settings = Settings.build(cache_dir=str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         glmflash.load(str(tmp_path / "nope"), settings=settings)
     with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
@@ -122,7 +124,7 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     """A model in the Hugging Face cache layout loads offline through the real resolution code."""
     import shutil
 
-    from glmflash.load import _cached_snapshot
+    from glmflash.backends.local.load import _cached_snapshot
     from glmflash.testing import ensure_tiny_model
 
     snapshot = tmp_path / "hub" / "models--org--fake" / "snapshots" / "abc123"

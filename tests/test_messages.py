@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from glmflash.errors import ImageError, InvalidRequestError
-from glmflash.images import ImagePolicy, load_image
-from glmflash.messages import ZERO_WIDTH_SPACE, to_conversation
+from glmflash.inputs.images import ImagePolicy, load_image
+from glmflash.inputs.messages import ZERO_WIDTH_SPACE, to_conversation
 from tests.conftest import data_url, png_bytes
 
 

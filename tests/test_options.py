@@ -14,10 +14,10 @@ import pytest
 
 import glmflash
 from glmflash.cli import build_parser
+from glmflash.jobs.tasks import load_task
 from glmflash.options import OPTIONS, GenerationOptions, from_openai, to_openai
 from glmflash.server.protocol import ChatCompletionRequest
-from glmflash.structured import TruncatedOutputError
-from glmflash.tasks import load_task
+from glmflash.text.structured import TruncatedOutputError
 from tests.conftest import png_bytes
 from tests.server_helpers import engine_with, running_server
 

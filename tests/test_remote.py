@@ -10,11 +10,12 @@ from dataclasses import replace
 import pytest
 
 import glmflash
+from glmflash.backends.remote import RemoteEngine
+from glmflash.config import Settings
 from glmflash.errors import GlmflashError, ImageError, InvalidRequestError
-from glmflash.jobs import run_job
-from glmflash.remote import RemoteEngine
-from glmflash.structured import TruncatedOutputError
-from glmflash.tasks import custom_task, load_task
+from glmflash.jobs.runner import run_job
+from glmflash.jobs.tasks import custom_task, load_task
+from glmflash.text.structured import TruncatedOutputError
 from tests.conftest import favour, png_bytes
 from tests.server_helpers import engine_with, free_port, running_server, wait_until
 
@@ -159,7 +160,7 @@ def test_a_glmflash_front_serves_the_api_and_page_from_a_backend(served):
 
     url, _ = served
     remote = RemoteEngine(url, api_key="remote-key")
-    app = build_app(remote, remote.settings)  # the page and the API, generating on the backend
+    app = build_app(remote, Settings())  # the page and the API, generating on the backend
     with running_server(remote, app=app) as (front, _):
         client = openai.OpenAI(base_url=f"{front}/v1", api_key="unused")
         reply = client.chat.completions.create(

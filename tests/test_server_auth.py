@@ -111,6 +111,6 @@ def test_key_files_fail_closed(engine, tmp_path):
     empty = tmp_path / "keys.txt"
     empty.write_text("# nothing here yet\n")
     with pytest.raises(InvalidRequestError, match="holds no key"):
-        create_app(engine, Settings(api_keys=str(empty)))
+        create_app(engine, Settings.build(api_keys=str(empty)))
     with pytest.raises(InvalidRequestError, match="does not exist"):
-        create_app(engine, Settings(api_keys="/etc/glmflash/missing-keys.txt"))
+        create_app(engine, Settings.build(api_keys="/etc/glmflash/missing-keys.txt"))

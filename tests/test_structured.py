@@ -14,8 +14,8 @@ import pytest
 import requests
 
 import glmflash
-from glmflash.structured import OutputError, SchemaError, TruncatedOutputError, requested_schema
-from glmflash.tasks import custom_task, load_task
+from glmflash.jobs.tasks import custom_task, load_task
+from glmflash.text.structured import OutputError, SchemaError, TruncatedOutputError, requested_schema
 from tests.conftest import data_url, favour, png_bytes, prompt_form
 from tests.server_helpers import running_server
 
@@ -133,7 +133,7 @@ def test_streaming_and_thinking_keep_the_json_in_the_answer(form_engine, image, 
     ],
 )
 def test_the_grammar_accepts_what_the_model_writes_in_both_forms(engine, thinking, texts):
-    from glmflash.grammar import Constraints
+    from glmflash.backends.local.grammar import Constraints
 
     constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
     template = constraints.compile(
@@ -151,8 +151,8 @@ def test_the_grammar_accepts_what_the_model_writes_in_both_forms(engine, thinkin
 def test_the_grammar_keeps_answers_short_escapes_and_digit_runs_bounded(engine):
     """No \\uXXXX escapes (a character stays at most 4 bytes) and no digit runs past MAX_DIGIT_RUN:
     what worst_case_tokens counts on."""
-    from glmflash.grammar import Constraints
-    from glmflash.structured import MAX_DIGIT_RUN
+    from glmflash.backends.local.grammar import Constraints
+    from glmflash.text.structured import MAX_DIGIT_RUN
 
     constraints = Constraints(engine.tokenizer, len(engine.tokenizer), engine.stop_ids)
     schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 9}}}
@@ -163,7 +163,7 @@ def test_the_grammar_keeps_answers_short_escapes_and_digit_runs_bounded(engine):
         assert (accepted and matcher.is_accepting()) is ok, text
     # A model that would write "0.333..." for ever (those tokens' rows of lm_head made dominant)
     # stops at MAX_DIGIT_RUN digits, because the number can end there.
-    model = glmflash.load("tiny", "fp32", "cpu", cache_dir=engine.settings.cache_dir)
+    model = glmflash.load("tiny", "fp32", "cpu", cache_dir=engine.settings.model.cache_dir)
     favour(model, "0", ".", "3")
     number = {"type": "number", "minimum": 0, "maximum": 1}
     digits = {"type": "object", "properties": {"x": number}, "required": ["x"], "additionalProperties": False}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from glmflash.thinking import ThinkingSplitter
+from glmflash.text.thinking import ThinkingSplitter
 
 DROP = ["<|user|>", "<|endoftext|>", "[gMASK]", "<|image|>"]
 

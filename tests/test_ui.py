@@ -28,7 +28,7 @@ def serving(engine, **settings):
     from glmflash.config import Settings
     from glmflash.server.run import build_app
 
-    app = build_app(engine, Settings(**settings))
+    app = build_app(engine, Settings.build(**settings))
     config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings
 from ..errors import GlmflashError
-from ..images import ImagePolicy
+from ..inputs.images import ImagePolicy
 from . import protocol
 from .bridge import DONE, WAITING, EngineCall
 from .errors import ApiError, error_body, error_response
@@ -32,16 +32,18 @@ class ServerState:
     def __init__(self, engine, settings: Settings):
         self.engine, self.settings = engine, settings
         self.metrics = Metrics(engine)
-        self.audit = AuditLog(settings.audit_log, settings.audit_log_max_bytes, settings.audit_log_prompts)
-        self.auth = Authenticator(settings.api_keys, settings.jwt_secret)
-        self.image_policy = ImagePolicy.from_settings(settings, allow_local_files=False)
+        self.audit = AuditLog(
+            settings.server.audit_log, settings.server.audit_log_max_bytes, settings.server.audit_log_prompts
+        )
+        self.auth = Authenticator(settings.server.api_keys, settings.server.jwt_secret)
+        self.image_policy = ImagePolicy.from_limits(settings.limits, allow_local_files=False)
         self.active = 0  # admitted chat requests: one generating, the rest waiting for the engine
         self.draining = False
 
     def admit(self) -> None:
         if self.draining:
             raise ApiError(503, "The server is shutting down.", code="draining", headers={"Retry-After": "5"})
-        if self.active >= self.settings.max_queue + 1:
+        if self.active >= self.settings.server.max_queue + 1:
             raise ApiError(
                 503,
                 f"The server is busy ({self.active} requests ahead). Retry shortly.",
@@ -88,7 +90,12 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(identity: str = Depends(caller)):
-        entry = {"id": settings.served_model_name, "object": "model", "created": 0, "owned_by": "glmflash"}
+        entry = {
+            "id": settings.server.served_model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "glmflash",
+        }
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions")
@@ -101,7 +108,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         record = _audit_record(request, identity, messages, body.stream)
         call = EngineCall(
             engine, messages, options, state.image_policy,
-            stream=bool(body.stream), timeout=settings.request_timeout, on_done=state.release,
+            stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
         )  # fmt: skip
         handed_over = False
         try:
@@ -121,7 +128,9 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
             if reply.finish_reason == "cancelled":  # only our deadline (or a gone client) cancels
                 raise _deadline_error(settings)
             _finish(state, record, call, reply.usage, reply.timings, 200)
-            return protocol.completion(reply, request_id=protocol.new_id(), model=settings.served_model_name)
+            return protocol.completion(
+                reply, request_id=protocol.new_id(), model=settings.server.served_model_name
+            )
         except (ApiError, GlmflashError) as exc:
             status = exc.status
             _finish(state, record, call, None, None, status)
@@ -132,8 +141,8 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(
         GuardMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        allow_list=ClientAllowList(settings.allowed_ips),
+        max_body_bytes=settings.server.max_body_bytes,
+        allow_list=ClientAllowList(settings.server.allowed_ips),
     )
     app.add_middleware(_CountRequests, metrics=state.metrics)
     return app
@@ -144,7 +153,7 @@ async def _next(call: EngineCall, request: Request | None, settings: Settings):
 
     Streaming responses leave the client to Starlette, which cancels the stream on disconnect.
     """
-    deadline = call.started + settings.request_timeout
+    deadline = call.started + settings.server.request_timeout
     while True:
         now = time.perf_counter()
         if now >= deadline:
@@ -164,13 +173,13 @@ async def _next(call: EngineCall, request: Request | None, settings: Settings):
 
 def _deadline_error(settings: Settings) -> ApiError:
     return ApiError(
-        504, f"The request took longer than {settings.request_timeout:g} s.", code="request_timeout"
+        504, f"The request took longer than {settings.server.request_timeout:g} s.", code="request_timeout"
     )
 
 
 async def _sse(call, first, body, state: ServerState, record):
     """SSE events: a role delta, content/reasoning deltas, the finish, optional usage, [DONE]."""
-    request_id, created, model = protocol.new_id(), int(time.time()), state.settings.served_model_name
+    request_id, created, model = protocol.new_id(), int(time.time()), state.settings.server.served_model_name
     status = 200
     usage = timings = None
     try:

@@ -34,7 +34,7 @@ TEMPLATE_KWARGS = {
 
 
 class Message(BaseModel):
-    """One chat message; content parts are checked by the core (glmflash.messages)."""
+    """One chat message; content parts are checked by the core (glmflash.inputs.messages)."""
 
     model_config = ConfigDict(extra="allow")
 

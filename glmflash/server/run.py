@@ -38,27 +38,32 @@ def build_app(engine, settings, *, with_ui: bool = True):
 def serve(engine, settings, *, app=None) -> None:
     app = app or build_app(engine, settings)
     state = app.state.glmflash
-    if not _is_loopback(settings.host) and not state.auth.enabled:
+    if not _is_loopback(settings.server.host) and not state.auth.enabled:
         log.warning(
             "WARNING: serving on %s without authentication: anyone who can reach this port can use the "
             "model. Set GLMFLASH_API_KEYS or GLMFLASH_JWT_SECRET (and GLMFLASH_ALLOWED_IPS).",
-            settings.host,
+            settings.server.host,
         )
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=int(settings.drain_timeout),
+        host=settings.server.host,
+        port=settings.server.port,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout),
         log_level="info",
         access_log=False,
     )
     if engine.info.compiled:
         log.info("compiling the decode step (GLMFLASH_COMPILE=1) for batches of 1, 2 and %d ...",
-                 settings.max_batch_size)  # fmt: skip
+                 settings.batching.max_batch_size)  # fmt: skip
     took = engine.warm_up()  # before /ready: no caller waits for a compilation
     if engine.info.compiled:
         log.info("compiled in %.1f s", took)
-    log.info("serving %s on http://%s:%s (API at /v1)", engine.info.model_id, settings.host, settings.port)
+    log.info(
+        "serving %s on http://%s:%s (API at /v1)",
+        engine.info.model_id,
+        settings.server.host,
+        settings.server.port,
+    )
     _DrainingServer(config, state).run()
     state.audit.close()
 

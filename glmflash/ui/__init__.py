@@ -12,7 +12,7 @@ def mount_ui(app, engine, settings):
 
     from ..server.security import Authenticator
 
-    keys = Authenticator(settings.api_keys, settings.jwt_secret)
+    keys = Authenticator(settings.server.api_keys, settings.server.jwt_secret)
     auth = None
     if keys.enabled:
 

@@ -1,4 +1,4 @@
-"""The page's "Batch" tab: a task over uploaded images via jobs.run_job, a live table, Stop, downloads."""
+"""The page's "Batch" tab: a task over uploaded images via run_job, a live table, Stop, downloads."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GlmflashError
-from ..jobs import Summary, default_errors_path, export_csv, run_job
-from ..tasks import DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
+from ..jobs.runner import Summary, default_errors_path, export_csv, run_job
+from ..jobs.tasks import DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
 from .labels import labels
 
 POLL_S = 0.5  # how often the page hears about a running job
@@ -24,7 +24,7 @@ LONG_CELL = 40
 
 def build_batch_tab(engine, settings) -> None:
     """Add the tab's components and events to the Blocks being built."""
-    t = labels(settings.lang)
+    t = labels(settings.server.lang)
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
 
     gr.Markdown(t["batch_intro"], elem_id="batch-intro")
@@ -34,12 +34,12 @@ def build_batch_tab(engine, settings) -> None:
             # file that is not an image becomes a row in the errors table.
             files = gr.File(label=t["batch_files"], file_count="multiple", elem_id="batch-files")
             task_name = gr.Radio(
-                preset_titles(settings.lang),
+                preset_titles(settings.server.lang),
                 value="moderation" if "moderation" in PRESETS else PRESETS[0],
                 label=t["batch_task"], elem_id="batch-task",
             )  # fmt: skip
             language = gr.Dropdown(
-                LANGUAGES, value="中文" if settings.lang == "zh" else DEFAULT_LANGUAGE,
+                LANGUAGES, value="中文" if settings.server.lang == "zh" else DEFAULT_LANGUAGE,
                 allow_custom_value=True, label=t["batch_language"], elem_id="batch-language",
             )  # fmt: skip
             with gr.Row():
@@ -110,7 +110,7 @@ def build_batch_tab(engine, settings) -> None:
 
 
 class _Job:
-    """jobs.run_job on a background thread, and what it has written so far."""
+    """jobs.runner.run_job on a background thread, and what it has written so far."""
 
     def __init__(self, engine, task, paths, folder: Path):
         self.engine, self.task, self.paths = engine, task, paths
@@ -128,7 +128,7 @@ class _Job:
             self.summary = run_job(
                 self.engine, self.task, self.paths, self.out, errors=self.errors_path, stop=self.stop,
                 progress=lambda s: setattr(self, "summary", s),
-                concurrency=max(1, self.engine.settings.max_batch_size),  # batched where the engine can
+                concurrency=max(1, self.engine.settings.batching.max_batch_size),  # batched if it can
             )  # fmt: skip
         except Exception as exc:  # shown on the page instead of a dead thread and a spinner
             self.failure = exc

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import GlmflashError, ImageError
-from ..images import ImagePolicy
+from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
@@ -25,11 +25,11 @@ OPENAI_CLIENT_ARGS = {
 
 
 def build_demo(engine, settings) -> gr.Blocks:
-    t = labels(settings.lang)
-    policy = ImagePolicy.from_settings(settings, allow_local_files=False)
+    t = labels(settings.server.lang)
+    policy = ImagePolicy.from_limits(settings.limits, allow_local_files=False)
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
     info = engine.info
-    limit = settings.max_new_tokens_limit
+    limit = settings.limits.max_new_tokens_limit
 
     def respond(request: gr.Request, message, chat, history, system, *values):
         gen = _generation(dict(zip(controls, values, strict=True)))
@@ -128,7 +128,8 @@ def build_demo(engine, settings) -> gr.Blocks:
                 controls["temperature"] = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
                 controls["top_p"] = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
                 controls["max_new_tokens"] = gr.Slider(
-                    16, limit, value=min(settings.max_new_tokens, limit), step=16, label=t["max_tokens"],
+                    16, limit, value=min(settings.limits.max_new_tokens, limit), step=16,
+                    label=t["max_tokens"],
                     elem_id="max-tokens",
                 )  # fmt: skip
                 controls["thinking_budget"] = gr.Number(
@@ -138,13 +139,13 @@ def build_demo(engine, settings) -> gr.Blocks:
                 controls["stop"] = gr.Textbox(label=t["stop"], lines=2, max_lines=4, elem_id="stop")
             with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
                 api = gr.Markdown(t["api_empty"], elem_id="api-call")
-            order = (2, 1) if settings.lang == "zh" else (1, 2)  # both languages, the page's first
+            order = (2, 1) if settings.server.lang == "zh" else (1, 2)  # both languages, the page's first
             gr.Examples(
                 [[{"text": row[c], "files": [str(FOLDER / row[0])]}] for c in order for row in EXAMPLES],
                 inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=6,
             )  # fmt: skip
         with gr.Tab(t["cost_tab"], elem_id="cost-tab"):
-            cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.lang)
+            cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.server.lang)
         with gr.Tab(t["batch_tab"], elem_id="batch-tab"):
             build_batch_tab(engine, settings)
         history = gr.State([])
@@ -158,7 +159,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         inputs = [box, chatbot, history, system, *controls.values()]
         outputs = [chatbot, history, figures, api, box]
         # Waiting turns queue at the engine (one generation at a time); Stop skips every queue.
-        slots = settings.max_queue + 1
+        slots = settings.server.max_queue + 1
         submitted = box.submit(lambda m: m, [box], [last_input], queue=False).then(
             respond, inputs, outputs, concurrency_limit=slots
         )
@@ -171,7 +172,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         )
         api_button.click(ask, [api_image, api_question], [api_answer], api_name="ask")
         demo.load(cost_update, cost_inputs, [cost_table, cost_plot], queue=False)
-    demo.queue(max_size=settings.max_queue * 4)  # beyond this the page says the queue is full
+    demo.queue(max_size=settings.server.max_queue * 4)  # beyond this the page says the queue is full
     return demo
 
 
@@ -258,8 +259,8 @@ def _api_call(files, text, system, gen: dict, settings) -> str:
     messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
         {"role": "user", "content": content}
     ]
-    request = {"model": settings.served_model_name, "messages": messages, **to_openai(gen)}
-    url = f"http://{settings.host}:{settings.port}/v1"
+    request = {"model": settings.server.served_model_name, "messages": messages, **to_openai(gen)}
+    url = f"http://{settings.server.host}:{settings.server.port}/v1"
     body = json.dumps(request, ensure_ascii=False, indent=2)
     fill = "".join(f"#   {n}: base64 -w0 {n}\n" for n in names)
     curl = (

@@ -16,7 +16,7 @@ import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
-from .errors import ImageError
+from ..errors import ImageError
 
 MAX_REDIRECTS = 3
 

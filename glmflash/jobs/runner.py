@@ -22,11 +22,11 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import GlmflashError, InvalidRequestError
-from .structured import TruncatedOutputError
+from ..errors import GlmflashError, InvalidRequestError
+from ..text.structured import TruncatedOutputError
 from .tasks import Task
 
-log = logging.getLogger("glmflash.jobs")
+log = logging.getLogger("glmflash.jobs.runner")
 RETRY_BUDGET = 4  # a cut-off answer is tried once more with this many times its budget
 TRANSIENT = ("insufficient_memory", "generation_failed", "server_busy", "timeout", "backend_unavailable")
 
@@ -149,7 +149,7 @@ def run_job(
         for path in paths:
             if stop.is_set():
                 return
-            data, problem = _read(path, engine.settings.max_image_bytes)
+            data, problem = _read(path, engine.settings.limits.max_image_bytes)
             # An unreadable file is known by its path (its bytes may not exist, or all be empty).
             ident = job_id(str(path.resolve()).encode() if problem else data, task, model_id)
             if ident in seen:
@@ -214,7 +214,7 @@ def _attempt(engine, task: Task, data: bytes, retries: int, backoff_s: float, st
     """(reply, None) or (None, error); transient errors are retried with exponential backoff, and
     an answer cut off by its token budget is tried once more with a larger budget (RETRY_BUDGET
     times, up to the engine's limit) before it counts as failed."""
-    limit = engine.settings.max_new_tokens_limit
+    limit = engine.settings.limits.max_new_tokens_limit
     generation = task.generation(limit)
     widened, attempt = False, 0
     while True:

@@ -16,7 +16,7 @@ import json
 import math
 import re
 
-from .errors import GlmflashError, InvalidRequestError
+from ..errors import GlmflashError, InvalidRequestError
 
 # One-line JSON ('{"a": 1, "b": [2, 3]}'): no free whitespace for a weak model to wander in, and
 # no \uXXXX escapes (a character is then at most 4 bytes), so an answer's length is bounded by

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from .errors import ImageError, InvalidRequestError
+from ..errors import ImageError, InvalidRequestError
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 ZERO_WIDTH_SPACE = "\u200b"

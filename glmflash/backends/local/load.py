@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import DEFAULT_MODEL, Settings
-from .errors import (
+from ...config import DEFAULT_MODEL, EngineSettings, Settings
+from ...errors import (
     CheckpointError,
     InsufficientMemoryError,
+    InvalidRequestError,
     MissingDependencyError,
     ModelNotFoundError,
     PrecisionError,
 )
-from .testing import ensure_tiny_model, is_tiny_model
+from ...testing import ensure_tiny_model, is_tiny_model
 
 log = logging.getLogger("glmflash")
 
@@ -63,10 +64,10 @@ class Placement:
     reason: str
 
 
-def resolve_checkpoint(model: str, settings: Settings) -> Checkpoint:
+def resolve_checkpoint(model: str, settings: EngineSettings) -> Checkpoint:
     """Map "auto" / "tiny" / a folder / a hub id to something from_pretrained can load."""
     if model == "tiny":
-        return Checkpoint(str(ensure_tiny_model(settings.cache_dir)), "glmflash/tiny", True)
+        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), "glmflash/tiny", True)
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -87,7 +88,7 @@ def resolve_checkpoint(model: str, settings: Settings) -> Checkpoint:
         return Checkpoint(repo, repo, False)
     if model == "auto":
         log.warning(DEMO_WARNING, DEFAULT_MODEL)
-        return Checkpoint(str(ensure_tiny_model(settings.cache_dir)), "glmflash/tiny", True)
+        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), "glmflash/tiny", True)
     if missing:
         raise ModelNotFoundError(f"There is no model {repo!r} on the Hugging Face hub: check the name.")
     raise ModelNotFoundError(
@@ -361,39 +362,34 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     OpenAI-compatible backend (`api_key=`; also GLMFLASH_BACKEND_URL), which returns a
     RemoteEngine with the same contract. `precision`: auto, bf16, fp16,
     fp32, int8, int4. `device`: auto, cpu, cuda, cuda:N. Unset arguments come from GLMFLASH_*
-    variables; `options` are further Settings fields (max_image_pixels, max_new_tokens, ...), or
-    `settings=` a whole Settings.
+    variables; `options` are further settings by their flat names (max_image_pixels,
+    max_new_tokens, ...; see config.py), or `settings=` a whole Settings.
     """
-    from .chunks import EngineInfo
+    from ...replies import EngineInfo
     from .engine import Engine
 
     base = options.pop("settings", None) or Settings.from_env()
     api_key = options.pop("api_key", None)
     url = model if model and model.startswith(("http://", "https://")) else None
-    if url or (model is None and base.backend_url):
-        from .remote import RemoteEngine
+    if url or (model is None and base.model.backend_url):
+        from ..remote import RemoteEngine
 
-        settings = _replace(base, {k: v for k, v in options.items() if v is not None})
         return RemoteEngine(
-            url or base.backend_url,
-            api_key=api_key or base.backend_api_key or None,
-            settings=settings.without_secrets(),
+            url or base.model.backend_url,
+            api_key=api_key or base.model.backend_api_key or None,
+            settings=_with(base, options),
         )
-    unknown = set(options) - set(Settings.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"load() got unknown options: {', '.join(sorted(unknown))}")
-    overrides = {"model": model, "precision": precision, "device": device, **options}
-    settings = _replace(base, {k: v for k, v in overrides.items() if v is not None})
-    placement = choose_placement(settings.precision, settings.device)
-    if settings.quantizer not in QUANTIZERS:
+    settings = _with(base, {"model": model, "precision": precision, "device": device, **options})
+    placement = choose_placement(settings.model.precision, settings.model.device)
+    if settings.model.quantizer not in QUANTIZERS:
         raise PrecisionError(
-            f"Unknown quantizer {settings.quantizer!r}: choose one of {', '.join(QUANTIZERS)}."
+            f"Unknown quantizer {settings.model.quantizer!r}: choose one of {', '.join(QUANTIZERS)}."
         )
-    checkpoint = resolve_checkpoint(settings.model, settings)
+    checkpoint = resolve_checkpoint(settings.model.name, settings)
     if placement.precision in ("int8", "int4"):
-        placement = _replace(placement, {"reason": f"{placement.reason}, {settings.quantizer}"})
+        placement = replace(placement, reason=f"{placement.reason}, {settings.model.quantizer}")
     log.info("loading %s: %s", checkpoint.model_id, placement.reason)
-    model_obj, processor = load_model(checkpoint, placement, settings.quantizer)
+    model_obj, processor = load_model(checkpoint, placement, settings.model.quantizer)
     if checkpoint.demo:
         log.warning("The tiny demo model is loaded: its answers are meaningless.")
     info = EngineInfo(
@@ -404,14 +400,17 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         dtype=placement.dtype_name,
         parameters=sum(p.numel() for p in model_obj.parameters()),
         memory_bytes=weight_bytes(model_obj),
-        max_image_pixels=settings.max_image_pixels,
+        max_image_pixels=settings.limits.max_image_pixels,
         demo_model=checkpoint.demo,
         placement_reason=placement.reason,
     )
-    return Engine(model_obj, processor, info, settings.without_secrets())
+    return Engine(model_obj, processor, info, settings)
 
 
-def _replace(settings: Settings, changes: dict) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
+def _with(base: EngineSettings, options: dict) -> EngineSettings:
+    """The engine's part of `base` with `options` (flat setting names) applied: an engine never
+    holds the server's settings or secrets."""
+    try:
+        return base.for_engine().replace(**options)
+    except InvalidRequestError as error:
+        raise TypeError(f"load() got an unknown option {error.param!r}") from None

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .budget import worst_case_tokens
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
+from ..text.budget import worst_case_tokens
 
 _FOLDER = resources.files("glmflash").joinpath("data/tasks")
 # Every JSON file in glmflash/data/tasks is a preset: adding one is adding a file.
@@ -155,7 +155,7 @@ def _json(text: str, origin: str):
 def _schema(schema, origin: str) -> dict | None:
     if schema is None:
         return None
-    from .structured import check_schema
+    from ..text.structured import check_schema
 
     check_schema(schema, param=origin)
     return schema

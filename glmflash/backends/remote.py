@@ -24,15 +24,15 @@ from collections.abc import Iterator, Sequence
 
 import httpx
 
-from .chunks import Chunk, EngineInfo, Usage
-from .config import Settings
-from .contract import EngineBase
-from .errors import GlmflashError, ImageError, InvalidRequestError
-from .images import ImagePolicy
-from .options import to_openai
-from .pipeline import Clock, Request, closing, prepare
-from .structured import OutputError, TruncatedOutputError
-from .text import FAMILY_CONTROL_TOKENS, TextStage
+from ..config import EngineSettings, Settings
+from ..contract import EngineBase
+from ..errors import GlmflashError, ImageError, InvalidRequestError
+from ..inputs.images import ImagePolicy
+from ..options import to_openai
+from ..pipeline import Clock, Request, closing, prepare
+from ..replies import Chunk, EngineInfo, Usage
+from ..text.stage import FAMILY_CONTROL_TOKENS, TextStage
+from ..text.structured import OutputError, TruncatedOutputError
 
 RETRY_STATUS = (429, 502, 503)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in our logs
@@ -52,14 +52,14 @@ class RemoteEngine(EngineBase):
         *,
         api_key: str | None = None,
         model: str | None = None,
-        settings: Settings | None = None,
+        settings: EngineSettings | None = None,
         timeout: float = 300.0,
         retries: int = 3,
         backoff_s: float = 0.5,
     ):
         self.base_url = base_url.rstrip("/")
-        self.settings = settings or Settings.from_env()
-        self.image_policy = ImagePolicy.from_settings(self.settings)
+        self.settings = (settings or Settings.from_env()).for_engine()  # never the server's part
+        self.image_policy = ImagePolicy.from_limits(self.settings.limits)
         self.retries, self.backoff_s = retries, backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
@@ -74,7 +74,7 @@ class RemoteEngine(EngineBase):
             dtype="",
             parameters=0,
             memory_bytes=0,
-            max_image_pixels=self.settings.max_image_pixels,
+            max_image_pixels=self.settings.limits.max_image_pixels,
             demo_model=False,
             placement_reason=f"OpenAI-compatible backend at {self.base_url}",
         )
@@ -93,7 +93,7 @@ class RemoteEngine(EngineBase):
     ) -> Iterator[Chunk]:
         """Check and encode now (errors raise here); stream chunks as the backend sends them."""
         request = prepare(
-            messages, gen, self.settings, image_policy or self.image_policy,
+            messages, gen, self.settings.limits, image_policy or self.image_policy,
             control_tokens=FAMILY_CONTROL_TOKENS, started=time.perf_counter(),
         )  # fmt: skip
         return self._stream(request, self._body(request), stop_event or threading.Event())

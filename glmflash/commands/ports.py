@@ -1,7 +1,7 @@
 """Whether this machine can listen on a host:port (standard library only).
 
 Used by `check` and, run as a script before anything heavy is imported, by start.sh:
-    python glmflash/ports.py HOST PORT     exit 0 when free, else 1 with the reason on stderr
+    python glmflash/commands/ports.py HOST PORT     exit 0 when free, else 1 with the reason on stderr
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor
 
-from .structured import MAX_DIGIT_RUN, SchemaError, _grammar
+from ...text.structured import MAX_DIGIT_RUN, SchemaError, _grammar
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
 

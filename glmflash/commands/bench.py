@@ -106,7 +106,7 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
 
 
 def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]) -> dict:
-    from .engine import Engine
+    from ..backends.local.engine import Engine
 
     engine.reset_peak_memory()
     warm = workload(2, size)
@@ -134,7 +134,7 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "device": engine.info.device,
         "device_name": device_name(engine.info.device),
         "precision": engine.info.precision,
-        "max_batch_size": engine.settings.max_batch_size,
+        "max_batch_size": engine.settings.batching.max_batch_size,
         "compiled": engine.info.compiled,
         "quantizer": engine.info.quantizer,
         "workload": {
@@ -221,8 +221,8 @@ def random_checkpoint(folder: Path, config, device: str) -> Path:
     family's real token ids; every id the config names (image, video, eos, pad) is the tokenizer's."""
     from transformers import AutoModelForImageTextToText
 
-    from .load import check_token_ids
-    from .testing import generation_config, token_ids, write_processor
+    from ..backends.local.load import check_token_ids
+    from ..testing import generation_config, token_ids, write_processor
 
     target = folder / "glm46v-random"
     tokenizer = write_processor(target, real_ids=True).tokenizer
@@ -230,7 +230,7 @@ def random_checkpoint(folder: Path, config, device: str) -> Path:
     config = copy.deepcopy(config)
     text = config.get_text_config(decoder=True)
     if text.vocab_size < len(tokenizer):
-        from .errors import InvalidRequestError
+        from ..errors import InvalidRequestError
 
         raise InvalidRequestError(
             f"The architecture's vocabulary ({text.vocab_size}) is smaller than the family's "
@@ -273,7 +273,7 @@ def parse_variant(variant: str) -> dict:
     precision, *flags = variant.split("+")
     unknown = set(flags) - set(VARIANT_FLAGS)
     if unknown or not precision:
-        from .errors import InvalidRequestError
+        from ..errors import InvalidRequestError
 
         raise InvalidRequestError(
             f"Unknown variant {variant!r}: a precision, then optionally +compile and/or +torchao "
@@ -313,10 +313,10 @@ def arch_only(
     image; `save` gets the result after each variant, so a run cut short still reports."""
     import glmflash
 
-    from .load import full_size_config, weight_bytes
+    from ..backends.local.load import full_size_config, weight_bytes
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import InvalidRequestError
+        from ..errors import InvalidRequestError
 
         raise InvalidRequestError("--arch-only needs a CUDA GPU.")
     choices = {variant: parse_variant(variant) for variant in variants}
@@ -379,7 +379,7 @@ def main(args, settings=None) -> int:
                       f"{entry['engine_decode_fraction_of_limit']:.0%} (engine) of the bandwidth limit "
                       f"({entry['decode_limit_tokens_per_s']:.1f} tok/s)")  # fmt: skip
     else:
-        from .load import load
+        from ..backends.local.load import load
 
         engine = load(args.model, args.precision, args.device, settings=settings)
         result = run(

@@ -1,9 +1,9 @@
 """Engine: the engine contract (contract.EngineBase) over a transformers model on this machine.
 
 Every request goes through one path: checked and rendered here (pipeline.prepare), then generated
-by the batcher (batching.py, the only caller of `model.generate`; a lone request is a batch of one
-that starts at once), its tokens detokenised and split into reasoning and answer (text.py), and
-closed with usage and timings (pipeline.closing).
+by the batcher (batcher.py, the only caller of `model.generate`; a lone request is a batch of one
+that starts at once), its tokens detokenised and split into reasoning and answer (text/stage.py),
+and closed with usage and timings (pipeline.closing).
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .batching import Batcher, RowRequest
-from .chunks import Chunk, EngineInfo, Memory, Timings, Usage
-from .config import Settings
-from .contract import EngineBase
+from ...config import EngineSettings
+from ...contract import EngineBase
+from ...errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
+from ...inputs.images import ImagePolicy
+from ...inputs.messages import ask_messages
+from ...options import batch_key
+from ...pipeline import Clock, Request, closing, prepare
+from ...replies import Chunk, EngineInfo, Memory, Timings, Usage
+from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
+from ...text.thinking import THINK_CLOSE, THINK_OPEN
+from .batcher import Batcher, RowRequest
 from .decoding import compiled_config
-from .errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
-from .images import ImagePolicy
 from .load import stop_token_ids
-from .messages import ask_messages
-from .options import batch_key
-from .pipeline import Clock, Request, closing, prepare
-from .text import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
-from .thinking import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger("glmflash")
 
@@ -37,13 +37,13 @@ log = logging.getLogger("glmflash")
 class Engine(EngineBase):
     """A loaded model with its processor. Build one with `glmflash.load()`."""
 
-    def __init__(self, model, processor, info: EngineInfo, settings: Settings):
+    def __init__(self, model, processor, info: EngineInfo, settings: EngineSettings):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.info = info
-        self.settings = settings
-        self.image_policy = ImagePolicy.from_settings(settings)
+        self.settings = settings = settings.for_engine()  # never the server's part
+        self.image_policy = ImagePolicy.from_limits(settings.limits)
         self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
         self._json = None  # grammar.Constraints, made when JSON output is first asked for
         self._batch: Batcher | None = None
@@ -54,10 +54,10 @@ class Engine(EngineBase):
         specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
         self.control_tokens = tuple(sorted(specials))
         text_config = getattr(model.config, "text_config", model.config)
-        self.context_tokens = settings.max_context_tokens or text_config.max_position_embeddings
+        self.context_tokens = settings.limits.max_context_tokens or text_config.max_position_embeddings
         quantizer = getattr(model, "hf_quantizer", None)
-        self.compiled = settings.compile and (quantizer is None or quantizer.is_compileable)
-        if settings.compile and not self.compiled:
+        self.compiled = settings.model.compile and (quantizer is None or quantizer.is_compileable)
+        if settings.model.compile and not self.compiled:
             log.warning(
                 "GLMFLASH_COMPILE is ignored: these %s weights cannot be compiled (for compiled int8 "
                 "use GLMFLASH_QUANTIZER=torchao).",
@@ -65,7 +65,7 @@ class Engine(EngineBase):
             )
         quantized = info.precision in ("int8", "int4")
         self.info = dataclasses.replace(
-            info, compiled=self.compiled, quantizer=settings.quantizer if quantized else ""
+            info, compiled=self.compiled, quantizer=settings.model.quantizer if quantized else ""
         )
 
     # -- public API -------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Engine(EngineBase):
         ticket = _Ticket(self)  # on its way: the batcher waits for it
         try:
             request = prepare(
-                messages, gen, self.settings, image_policy or self.image_policy,
+                messages, gen, self.settings.limits, image_policy or self.image_policy,
                 control_tokens=self.control_tokens, started=started,
             )  # fmt: skip
             prompt = self._template(request)
@@ -121,12 +121,12 @@ class Engine(EngineBase):
             except BaseException as exc:  # handed to the caller of warm_up
                 failures.append(exc)
 
-        budget = min(self.settings.max_new_tokens, self.settings.max_new_tokens_limit)
+        budget = min(self.settings.limits.max_new_tokens, self.settings.limits.max_new_tokens_limit)
         for size, tokens in (
             (1, 16),
             (1, budget),
             (2, budget),
-            (max(1, self.settings.max_batch_size), budget),
+            (max(1, self.settings.batching.max_batch_size), budget),
         ):
             callers = [threading.Thread(target=ask, args=(tokens,)) for _ in range(size)]
             for caller in callers:
@@ -167,7 +167,7 @@ class Engine(EngineBase):
     def prepare(self, messages, *, thinking: bool = True, image_policy: ImagePolicy | None = None):
         """Messages -> (prompt text, model inputs on the device). Decodes and guards the images."""
         request = prepare(
-            messages, {"thinking": thinking}, self.settings, image_policy or self.image_policy,
+            messages, {"thinking": thinking}, self.settings.limits, image_policy or self.image_policy,
             control_tokens=self.control_tokens, started=time.perf_counter(),
         )  # fmt: skip
         prompt = self._template(request)
@@ -234,8 +234,8 @@ class Engine(EngineBase):
                     self.model,
                     self.stop_ids,
                     pad if pad is not None else min(self.stop_ids),
-                    max_batch_size=max(1, self.settings.max_batch_size),
-                    max_wait_s=self.settings.batch_wait_ms / 1000,
+                    max_batch_size=max(1, self.settings.batching.max_batch_size),
+                    max_wait_s=self.settings.batching.batch_wait_ms / 1000,
                     constraints=lambda: self._json,
                     callers=lambda: self._active,
                     cache_limit=self.context_tokens,

@@ -26,7 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from .decoding import CacheKeeper, cache_tokens, is_compiled
 
 _END = object()
-COALESCE_S = 0.02  # after a token, a reader looks again at most this often (as generate.py does)
+COALESCE_S = 0.02  # after a token, a reader looks again at most this often
 HISTORY = 1000  # batch sizes and waits kept for tests and inspection
 STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
 

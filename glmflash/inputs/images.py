@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from .errors import ImageError
+from ..errors import ImageError
 from .fetch import fetch_url
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -37,14 +37,15 @@ class ImagePolicy:
     allow_local_files: bool = True
 
     @classmethod
-    def from_settings(cls, settings, *, allow_local_files: bool = True) -> ImagePolicy:
+    def from_limits(cls, limits, *, allow_local_files: bool = True) -> ImagePolicy:
+        """The image limits of config.RequestLimits (local files: not for network callers)."""
         return cls(
-            max_bytes=settings.max_image_bytes,
-            max_decoded_pixels=settings.max_decoded_pixels,
-            max_image_pixels=settings.max_image_pixels,
-            allow_urls=settings.allow_image_urls,
-            allowed_networks=settings.image_url_allowed_networks,
-            url_timeout=settings.image_url_timeout,
+            max_bytes=limits.max_image_bytes,
+            max_decoded_pixels=limits.max_decoded_pixels,
+            max_image_pixels=limits.max_image_pixels,
+            allow_urls=limits.allow_image_urls,
+            allowed_networks=limits.image_url_allowed_networks,
+            url_timeout=limits.image_url_timeout,
             allow_local_files=allow_local_files,
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .chunks import Chunk
+from ..replies import Chunk
 from .thinking import THINK_CLOSE, THINK_OPEN, ThinkingSplitter
 
 # The model family's control vocabulary (reference notes): never shown to a reader, and neutralised

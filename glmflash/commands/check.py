@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DEFAULT_MODEL, Settings
+from ..config import DEFAULT_MODEL, Settings
 
 GiB = 1024**3
 CHECKPOINT_BYTES = 21 * 10**9  # GLM-4.6V-Flash's safetensors (about 20.6 GB)
@@ -30,9 +30,9 @@ class Finding:
 
 def run_checks(settings: Settings, *, jupyter_port: int | None) -> list[Finding]:
     findings = [_python(), *_gpus(settings), _placement(settings), *_decoding(settings), _model(settings)]
-    findings += [_port(settings.host, settings.port, "app")]
+    findings += [_port(settings.server.host, settings.server.port, "app")]
     if jupyter_port is not None:
-        findings += [_port(settings.host, jupyter_port, "JupyterLab")]
+        findings += [_port(settings.server.host, jupyter_port, "JupyterLab")]
         if importlib.util.find_spec("jupyterlab") is None:
             findings += [Finding("fail", "JupyterLab", "not installed (pip install -r requirements.txt)")]
     return findings
@@ -60,12 +60,12 @@ def _python() -> Finding:
 def _gpus(settings: Settings) -> list[Finding]:
     import torch
 
-    from .load import estimate_memory, full_size_config
+    from ..backends.local.load import estimate_memory, full_size_config
 
     needs = estimate_memory(full_size_config(), "bf16")
     need_text = ", ".join(f"{p} {needs[p] / GiB:.1f}" for p in ("bf16", "int8", "int4"))
     if not torch.cuda.is_available():
-        level = "fail" if settings.device.startswith("cuda") else "warn"
+        level = "fail" if settings.model.device.startswith("cuda") else "warn"
         return [
             Finding(
                 level,
@@ -95,11 +95,13 @@ def _gpus(settings: Settings) -> list[Finding]:
 
 
 def _placement(settings: Settings) -> Finding:
-    from .errors import GlmflashError
-    from .load import choose_placement
+    from ..backends.local.load import choose_placement
+    from ..errors import GlmflashError
 
     try:
-        return Finding("ok", "precision", choose_placement(settings.precision, settings.device).reason)
+        return Finding(
+            "ok", "precision", choose_placement(settings.model.precision, settings.model.device).reason
+        )
     except GlmflashError as exc:
         return Finding("fail", "precision", exc.message)
 
@@ -107,10 +109,10 @@ def _placement(settings: Settings) -> Finding:
 def _decoding(settings: Settings) -> list[Finding]:
     """GLMFLASH_QUANTIZER=torchao and GLMFLASH_COMPILE, when asked for: can they work here?"""
     findings = []
-    if settings.quantizer == "torchao":
+    if settings.model.quantizer == "torchao":
         level, detail = _torchao(settings)
         findings.append(Finding(level, "quantizer", detail))
-    if settings.compile:
+    if settings.model.compile:
         level, detail = _compile(settings)
         findings.append(Finding(level, "compile", detail))
     return findings
@@ -119,16 +121,18 @@ def _decoding(settings: Settings) -> list[Finding]:
 def _torchao(settings: Settings) -> tuple[str, str]:
     if importlib.util.find_spec("torchao") is None:
         return "fail", "torchao is not installed (pip install -r requirements.txt)"
-    if settings.precision != "int8":
-        return "warn", f"torchao is used for int8 only, not {settings.precision}"
+    if settings.model.precision != "int8":
+        return "warn", f"torchao is used for int8 only, not {settings.model.precision}"
     return "ok", "torchao int8 weight-only"
 
 
 def _compile(settings: Settings) -> tuple[str, str]:
     import torch
 
-    on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
-    if settings.precision in ("int8", "int4") and settings.quantizer == "bitsandbytes":
+    on_gpu = settings.model.device.startswith("cuda") or (
+        settings.model.device == "auto" and torch.cuda.is_available()
+    )
+    if settings.model.precision in ("int8", "int4") and settings.model.quantizer == "bitsandbytes":
         return "warn", "ignored: bitsandbytes weights cannot be compiled"
     if on_gpu and importlib.util.find_spec("triton") is None:
         return "fail", "torch.compile on a GPU needs triton (pip install triton)"
@@ -140,9 +144,9 @@ def _compile(settings: Settings) -> tuple[str, str]:
 def _model(settings: Settings) -> Finding:
     from huggingface_hub import constants
 
-    from .load import _cached_snapshot, _hub_status
+    from ..backends.local.load import _cached_snapshot, _hub_status
 
-    model = settings.model
+    model = settings.model.name
     if model == "tiny":
         return Finding("ok", "model", "tiny demo model (built locally; answers are meaningless)")
     folder = Path(model).expanduser()

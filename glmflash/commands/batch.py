@@ -1,4 +1,4 @@
-"""`python -m glmflash batch`: the command around jobs.run_job (flags, progress line, signals).
+"""`python -m glmflash batch`: the command around jobs.runner.run_job (flags, progress line, signals).
 
 python -m glmflash batch photos/ --task moderation --out results.jsonl
 python -m glmflash batch 'scans/**/*.jpg' --prompt "Read the meter" --schema meter.json --out m.jsonl
@@ -11,8 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from .jobs import Summary, default_errors_path, expand_inputs, export_csv, run_job
-from .tasks import DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
+from ..jobs.runner import Summary, default_errors_path, expand_inputs, export_csv, run_job
+from ..jobs.tasks import DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
 
 
 def add_parser(commands, model_flags) -> None:
@@ -46,7 +46,7 @@ def add_parser(commands, model_flags) -> None:
 def build_task(args):
     if args.task:
         if args.schema:
-            from .errors import InvalidRequestError
+            from ..errors import InvalidRequestError
 
             raise InvalidRequestError("--schema goes with --prompt; a task file carries its own schema.")
         task = load_task(args.task, language=args.language)
@@ -61,7 +61,7 @@ def build_task(args):
 
 def run(args, load_engine) -> int:
     """Check everything cheap first, then load the model and run; exit 130 when interrupted."""
-    from .errors import InvalidRequestError
+    from ..errors import InvalidRequestError
 
     task = build_task(args)
     paths = expand_inputs(args.inputs, args.files_from)
@@ -70,7 +70,7 @@ def run(args, load_engine) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise InvalidRequestError("--concurrency must be 1 or more.")
     engine = load_engine()
-    concurrency = args.concurrency or max(1, engine.settings.max_batch_size)
+    concurrency = args.concurrency or max(1, engine.settings.batching.max_batch_size)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None if args.no_progress else Progress()

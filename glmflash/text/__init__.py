@@ -1,0 +1,4 @@
+"""What the model writes, as text: the stage both engines share (detokenise, split reasoning and
+boxes, stop strings), structured answers (JSON Schema -> grammar, validation) and their token
+budgets. No torch here.
+"""
