@@ -1,4 +1,4 @@
-"""Command line: `python -m glmflash serve | chat | batch | bench | info | check | cost | tiny-model`.
+"""Command line: `python -m glmflash serve | chat | batch | eval | bench | info | check | cost | tiny-model`.
 
 Errors are one line on stderr and exit status 2.
 """
@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (GLMFLASH_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (GLMFLASH_PORT, default 8080)")
 
-    from .commands import batch
+    from .commands import batch, evaluate
 
     batch.add_parser(commands, _model_flags)
+    evaluate.add_parser(commands, _model_flags)
 
     bench = commands.add_parser("bench", help="TTFT, tokens/s, images/s, memory vs raw model.generate")
     _model_flags(bench)
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import batch
 
             return batch.run(args, lambda: _load(args, settings))
+        if args.command == "eval":
+            from .commands import evaluate
+
+            return evaluate.run(args, lambda url, key: _load(args, settings, url, key))
         for path in getattr(args, "images", []):
             if not os.path.isfile(path):
                 raise ImageError(f"No such image file: {path}")
@@ -182,9 +187,11 @@ def _check(args, settings) -> int:
     return 1 if any(f.level == "fail" for f in findings) else 0
 
 
-def _load(args, settings):
+def _load(args, settings, backend_url: str | None = None, api_key: str | None = None):
     from .backends.local.load import load
 
+    if backend_url:
+        return load(backend_url, api_key=api_key, settings=settings)
     return load(args.model, args.precision, args.device, settings=settings)
 
 

@@ -1,0 +1,212 @@
+"""The stakeholder's report: one self-contained HTML file (plots and thumbnails inlined, no
+scripts, nothing fetched) with the comparison table and cost per correct answer, each run's
+metrics, confusion matrix and threshold plots, its worst mistakes with thumbnails (expected vs
+answered), the images on which runs disagree, and the exact configuration and data hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html import escape
+from pathlib import Path
+
+from .compare import compare_runs, row
+
+WORST = 12  # mistakes shown per run
+DISAGREEMENTS = 50  # rows shown
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f3f3f3}.ok{color:#176117}.bad{color:#a11}code{font-size:12px;word-break:break-all}
+.mistake{display:flex;gap:12px;border-bottom:1px solid #eee;padding:6px 0}.mistake img{max-width:160px}
+pre{white-space:pre-wrap;margin:0;font-size:12px}
+"""
+
+
+def write_report(runs: list[dict], path: str | Path) -> Path:
+    """Write the report for one run or several (compared) to `path`."""
+    title = (
+        "glmflash evaluation"
+        if len(runs) == 1
+        else "glmflash evaluation: " + " vs ".join(r["name"] for r in runs)
+    )
+    parts = [f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title><style>{STYLE}</style>"]
+    parts.append(f"<h1>{escape(title)}</h1>")
+    parts.append(f"<p>Data: <code>{escape(runs[0]['config']['data'])}</code>, sha256 "
+                 f"<code>{escape(runs[0]['config']['data_hash'])}</code></p>")  # fmt: skip
+    problems = runs[0].get("problems") or []
+    if problems:
+        listed = "".join(f"<li>{escape(p)}</li>" for p in problems[:50])
+        parts.append(f"<p class=bad>{len(problems)} rows of the data were left out:</p><ul>{listed}</ul>")
+    parts.append("<h2>Accuracy and cost</h2>" + _table([row(run) for run in runs]))
+    parts.append("<p>Cost per 1,000 correct answers is the cost per 1,000 images divided by the accuracy. "
+                 "Self-hosted figures use the run's measured images/s in the cost calculator; API figures "
+                 "its price per call (inputs under each run).</p>")  # fmt: skip
+    if len(runs) > 1:
+        parts.append(_disagreements(compare_runs(runs)["disagreements"], runs))
+    for run in runs:
+        parts.append(_run(run))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def _table(rows: list[dict]) -> str:
+    head = "".join(f"<th>{escape(k.replace('_', ' '))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _run(run: dict) -> str:
+    s = run["scores"]
+    parts = [f"<h2>Run {escape(run['name'])}</h2>"]
+    parts.append(
+        f"<p>Accuracy <b>{s['accuracy']:.1%}</b> over {s['n']} images ({s['answered']} answered).</p>"
+    )
+    if s["kind"] == "classification":
+        per_class = [{"class": c, **v} for c, v in s["per_class"].items()]
+        parts.append("<h3>Per class</h3>" + _table(per_class))
+        parts.append("<h3>Confusion matrix</h3>" + _img(_confusion_plot(s)))
+        if s.get("thresholds"):
+            parts.append("<h3>Automatic above a confidence, a person below</h3>" + _table(s["thresholds"]))
+            parts.append(_img(_threshold_plot(s["thresholds"])))
+    else:
+        fields = [
+            {"field": k, "accuracy": v, "invented": s["invented"][k]} for k, v in s["per_field"].items()
+        ]
+        parts.append(f"<p>Field accuracy {s['field_accuracy']:.1%}; invented values {s['invented_total']} "
+                     "(a field the document does not have, filled in anyway).</p>")  # fmt: skip
+        parts.append("<h3>Per field</h3>" + _table(fields))
+    parts.append("<h3>Worst mistakes</h3>" + _mistakes(run))
+    config = {**run["config"], "cost_inputs": run["cost"]["inputs"], "throughput": run["throughput"],
+              "created": run["created"], "glmflash": run["version"]}  # fmt: skip
+    parts.append(
+        f"<h3>Configuration</h3><pre>{escape(json.dumps(config, indent=1, ensure_ascii=False))}</pre>"
+    )
+    return "\n".join(parts)
+
+
+def _mistakes(run: dict) -> str:
+    wrong = [item for item in run["items"] if not item["correct"]]
+    # confident mistakes first; then those with the most wrong fields
+    wrong.sort(key=lambda item: (-(item.get("confidence") or 0), -len(item["wrong_fields"]), item["row"]))
+    if not wrong:
+        return "<p class=ok>None.</p>"
+    out = []
+    for item in wrong[:WORST]:
+        answered = item.get("error") or item["predicted"]
+        out.append(
+            f"<div class=mistake>{_thumbnail(item['image'])}<div><b>row {item['row']}</b> "
+            f"<code>{escape(Path(item['image']).name)}</code>"
+            f"<br>wrong: {escape(', '.join(item['wrong_fields']))}"
+            f"<br>expected <pre class=ok>{escape(_short(item['expected']))}</pre>"
+            f"answered <pre class=bad>{escape(_short(answered))}</pre></div></div>"
+        )
+    more = f"<p>and {len(wrong) - WORST} more (items.jsonl).</p>" if len(wrong) > WORST else ""
+    return "".join(out) + more
+
+
+def _disagreements(items: list[dict], runs: list[dict]) -> str:
+    if not items:
+        return "<h2>Disagreements</h2><p>The runs answered alike on every image.</p>"
+    head = (
+        "<tr><th>row</th><th>image</th><th>expected</th>"
+        + "".join(f"<th>{escape(r['name'])}</th>" for r in runs)
+        + "</tr>"
+    )
+    body = ""
+    for item in items[:DISAGREEMENTS]:
+        cells = "".join(
+            f"<td class={'ok' if item['correct'][name] else 'bad'}>"
+            f"<pre>{escape(_short(item['answers'][name]))}</pre></td>"
+            for name in (r["name"] for r in runs)
+        )
+        body += (f"<tr><td>{item['row']}</td><td>{_thumbnail(item['image'], 96)}</td>"
+                 f"<td><pre>{escape(_short(item['expected']))}</pre></td>{cells}</tr>")  # fmt: skip
+    return f"<h2>Disagreements ({len(items)} images)</h2><table>{head}{body}</table>"
+
+
+def _short(value, limit: int = 400) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _thumbnail(path: str, size: int = 160) -> str:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=80)
+    except Exception:  # a missing or unreadable image still leaves a readable report
+        return "<span>(no preview)</span>"
+    return _img(buffer.getvalue(), "image/jpeg")
+
+
+def _img(data: bytes, mime: str = "image/png") -> str:
+    return f'<img alt="" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _figure()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _confusion_plot(scores: dict) -> bytes:
+    plt = _figure()
+    classes, matrix = scores["classes"], scores["confusion"]
+    size = 1.2 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("answered")
+    ax.set_ylabel("expected")
+    top = max((max(r) for r in matrix), default=0)
+    for i, line in enumerate(matrix):
+        for j, count in enumerate(line):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > top / 2 else "black")
+    return _png(fig)
+
+
+def _threshold_plot(rows: list[dict]) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    t = [r["threshold"] for r in rows]
+    total = rows[0]["automatic"] + rows[0]["to_review"]
+    ax.plot(t, [r["to_review"] / total for r in rows], marker="o", label="share sent to review")
+    accuracy = [float("nan") if r["automatic_accuracy"] is None else r["automatic_accuracy"] for r in rows]
+    ax.plot(t, accuracy, marker="s", label="accuracy of automatic decisions")
+    ax.set_xlabel("confidence threshold")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
