@@ -47,6 +47,17 @@ EXPECTED = {
         ["moderation: finished:", "invoice: finished:", "rerun skipped 3 of 3 images", "moderation.csv:"],
     ),
     "05_cost_analysis.ipynb": (False, True, ["moves the answer most:"]),
+    "07_evaluate.ipynb": (
+        False,
+        True,
+        [
+            "9 labelled images",
+            "left out: row 10: no such image",
+            "accuracy",
+            "images answered differently",
+            "self-contained: True",
+        ],
+    ),
 }
 
 

@@ -311,3 +311,57 @@ def test_with_api_keys_the_page_asks_for_one_and_its_endpoints_refuse_strangers(
         ask(page, "Hello?")
         assert "tokens/s" in wait_for_figures(page)
         page.close()
+
+
+def test_evaluate_tab_scores_a_zip_of_labels_and_images_and_offers_the_report(page, tmp_path):
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    shots = batch_inputs(tmp_path, ["red", "green", "blue"])
+    labels_csv = "image,expected\n" + "".join(
+        f"{p.name},{v}\n" for p, v in zip(shots, ["allow", "block", "allow"], strict=True)
+    )
+    labels_csv += "missing.png,allow\n"  # a bad row: named, left out, the rest scored
+    bundle = tmp_path / "labelled.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.writestr("set/labels.csv", labels_csv)
+        for path in shots:
+            archive.write(path, f"set/{path.name}")
+    page.get_by_role("tab", name="Evaluate").click()
+    page.locator("#eval-files input[type=file]").set_input_files([str(bundle)])
+    page.wait_for_selector("#eval-files td[aria-label='labelled.zip']")
+    page.locator("#eval-run").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#eval-status')?.innerText || '').includes('accuracy')",
+        timeout=120_000,
+    )
+    status = page.locator("#eval-status").inner_text()
+    assert "over 3 images (3 answered)" in status and "row 4: no such image 'missing.png'" in status
+    expect(page.locator("#eval-table")).to_contain_text("moderation")
+    expect(page.locator("#eval-details")).to_contain_text("allow")
+    expect(page.locator("#eval-plot img")).to_be_visible()
+    href = page.locator("#eval-report a[download='report.html']").get_attribute("href")
+    report_html = page.request.get(href).text()
+    report_file = tmp_path / "report.html"
+    report_file.write_text(report_html)
+    report = page.context.browser.new_page()
+    report.goto(report_file.as_uri())
+    report.wait_for_selector("h1")
+    widths = report.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+    assert len(widths) >= 2 and all(w > 0 for w in widths)  # confusion matrix, threshold plot, thumbnails
+    report.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    report.close()
+
+
+def test_evaluate_tab_without_a_labels_file_says_what_to_add(page, tmp_path):
+    page.get_by_role("tab", name="Evaluate").click()
+    shots = batch_inputs(tmp_path, ["red"])
+    page.locator("#eval-files input[type=file]").set_input_files([str(p) for p in shots])
+    page.wait_for_selector(f"#eval-files td[aria-label='{shots[0].name}']")
+    page.locator("#eval-run").click()
+    from playwright.sync_api import expect
+
+    page.wait_for_selector("text=Give exactly one labels file", timeout=30_000)
+    expect(page.locator("#eval-run")).to_be_enabled()

@@ -80,10 +80,10 @@ def _run(run: dict) -> str:
     if s["kind"] == "classification":
         per_class = [{"class": c, **v} for c, v in s["per_class"].items()]
         parts.append("<h3>Per class</h3>" + _table(per_class))
-        parts.append("<h3>Confusion matrix</h3>" + _img(_confusion_plot(s)))
+        parts.append("<h3>Confusion matrix</h3>" + _img(confusion_plot(s)))
         if s.get("thresholds"):
             parts.append("<h3>Automatic above a confidence, a person below</h3>" + _table(s["thresholds"]))
-            parts.append(_img(_threshold_plot(s["thresholds"])))
+            parts.append(_img(threshold_plot(s["thresholds"])))
     else:
         fields = [
             {"field": k, "accuracy": v, "invented": s["invented"][k]} for k, v in s["per_field"].items()
@@ -163,28 +163,25 @@ def _img(data: bytes, mime: str = "image/png") -> str:
     return f'<img alt="" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
 
 
-def _figure():
-    import matplotlib
+def _figure(width: float, height: float):
+    """A figure of its own (matplotlib's object API: no pyplot, so no global backend is switched
+    and threads do not share state; a notebook's inline plots keep working)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots()
 
 
 def _png(fig) -> bytes:
-    plt = _figure()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return buffer.getvalue()
 
 
-def _confusion_plot(scores: dict) -> bytes:
-    plt = _figure()
+def confusion_plot(scores: dict) -> bytes:
     classes, matrix = scores["classes"], scores["confusion"]
     size = 1.2 + 0.6 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = _figure(size + 1, size)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -197,9 +194,8 @@ def _confusion_plot(scores: dict) -> bytes:
     return _png(fig)
 
 
-def _threshold_plot(rows: list[dict]) -> bytes:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+def threshold_plot(rows: list[dict]) -> bytes:
+    fig, ax = _figure(6, 3.2)
     t = [r["threshold"] for r in rows]
     total = rows[0]["automatic"] + rows[0]["to_review"]
     ax.plot(t, [r["to_review"] / total for r in rows], marker="o", label="share sent to review")

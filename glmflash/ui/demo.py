@@ -14,6 +14,7 @@ from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
+from .eval_tab import build_eval_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
 
@@ -148,6 +149,8 @@ def build_demo(engine, settings) -> gr.Blocks:
             cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.server.lang)
         with gr.Tab(t["batch_tab"], elem_id="batch-tab"):
             build_batch_tab(engine, settings)
+        with gr.Tab(t["eval_tab"], elem_id="eval-tab"):
+            build_eval_tab(engine, settings)
         history = gr.State([])
         last_input = gr.State(None)
         with gr.Row(visible=False):

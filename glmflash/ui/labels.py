@@ -61,6 +61,19 @@ LABELS = {
         "batch_running": "Running",
         "batch_finished": "Finished",
         "batch_interrupted": "Stopped",
+        "eval_tab": "Evaluate",
+        "eval_intro": (
+            "Is it good enough for your images? Upload a labels file (CSV or JSONL with the columns "
+            "`image` and `expected`) with its images, or one zip of both; the task runs over them and "
+            "its answers are scored against your labels. The report (HTML) has the plots, the worst "
+            "mistakes and the cost per correct answer. To compare with a cloud API: "
+            "`python -m glmflash eval labels.csv --task moderation --out runs/cloud --backend URL`"
+        ),
+        "eval_files": "Labels file and images (or a zip)",
+        "eval_report": "Report",
+        "eval_running": "**Running**: {handled} of {total} images",
+        "eval_done": "**{state}**: accuracy **{accuracy:.1%}** over {n} images ({answered} answered)",
+        "eval_left_out": "{n} row(s) of the labels were left out:",
     },
     "zh": {
         "title": "GLM-4.6V-Flash 图像问答",
@@ -122,6 +135,18 @@ LABELS = {
         "batch_running": "运行中",
         "batch_finished": "已完成",
         "batch_interrupted": "已停止",
+        "eval_tab": "评估",
+        "eval_intro": (
+            "它对您的图片够用吗？上传标注文件（CSV 或 JSONL，列为 `image` 和 `expected`）及其图片，"
+            "或一个包含两者的 zip；任务会在这些图片上运行，并将答案与您的标注比对打分。报告（HTML）"
+            "含图表、最严重的错误和每个正确答案的成本。与云端 API 对比："
+            "`python -m glmflash eval labels.csv --task moderation --out runs/cloud --backend URL`"
+        ),
+        "eval_files": "标注文件和图片（或 zip）",
+        "eval_report": "报告",
+        "eval_running": "**运行中**：{handled} / {total} 张图片",
+        "eval_done": "**{state}**：准确率 **{accuracy:.1%}**，共 {n} 张图片（{answered} 张有答案）",
+        "eval_left_out": "标注中有 {n} 行未被使用：",
     },
 }
 

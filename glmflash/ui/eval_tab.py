@@ -1,0 +1,239 @@
+"""The page's "Evaluate" tab: upload a labels file (CSV or JSONL of image, expected) with its
+images or a zip of both, run a task over them (evaluate.runner.run_eval on a background thread,
+with Stop), and see the scores, the confusion matrix or per-field table, and the report to download.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+
+from ..errors import GlmflashError, InvalidRequestError
+from ..evaluate.compare import load_run, row
+from ..evaluate.data import load_labelled
+from ..evaluate.report import write_report
+from ..evaluate.runner import run_eval
+from ..evaluate.score import label_choices, label_fields
+from ..jobs.runner import Summary
+from ..jobs.tasks import PRESETS, load_task, preset_titles
+from .labels import labels
+
+POLL_S = 0.5
+LABEL_FILES = (".csv", ".jsonl", ".ndjson")
+MAX_ZIP_ENTRIES = 5_000
+MAX_ZIP_BYTES = 2_000_000_000  # unpacked, in all
+
+
+def build_eval_tab(engine, settings) -> None:
+    """Add the tab's components and events to the Blocks being built."""
+    t = labels(settings.server.lang)
+    stops: dict[str, threading.Event] = {}
+
+    gr.Markdown(t["eval_intro"], elem_id="eval-intro")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            files = gr.File(label=t["eval_files"], file_count="multiple", elem_id="eval-files")
+            task_name = gr.Radio(
+                preset_titles(settings.server.lang),
+                value="moderation" if "moderation" in PRESETS else PRESETS[0],
+                label=t["batch_task"], elem_id="eval-task",
+            )  # fmt: skip
+            with gr.Row():
+                run = gr.Button(t["batch_run"], variant="primary", elem_id="eval-run")
+                stop = gr.Button(t["batch_stop"], variant="stop", elem_id="eval-stop")
+        with gr.Column(scale=3):
+            status = gr.Markdown(elem_id="eval-status")
+            table = gr.Dataframe(
+                interactive=False, wrap=True, visible=False, elem_id="eval-table", show_label=False
+            )
+            details = gr.Dataframe(
+                interactive=False, wrap=True, visible=False, elem_id="eval-details", show_label=False
+            )
+            plot = gr.Image(
+                type="pil", visible=False, elem_id="eval-plot", show_label=False, interactive=False
+            )
+            report = gr.File(label=t["eval_report"], interactive=False, visible=False, elem_id="eval-report")
+
+    skip = (gr.skip(),) * 6
+
+    def evaluate(uploads, name, request: gr.Request):
+        folder = Path(tempfile.mkdtemp(prefix="glmflash-eval-"))
+        key = request.session_hash or ""
+        try:
+            try:
+                data_path = _gather([_path(f) for f in uploads or []], folder / "data")
+                task = load_task(name)
+                field = label_fields(task.schema)[0]
+                data = load_labelled(data_path, labels=label_choices(task.schema, field))
+            except GlmflashError as exc:
+                gr.Warning(exc.message)
+                yield skip
+                return
+            run_ = _Run(engine, task, data, folder / "run")
+            stops[key] = run_.stop
+            run_.start()
+            while run_.running():
+                yield (
+                    run_.status(t),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.update(interactive=False),
+                )
+                run_.wait(POLL_S)
+            if run_.failure is not None:
+                message = getattr(run_.failure, "message", None) or str(run_.failure)
+                yield (
+                    f"⚠️ {message}",
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.skip(),
+                    gr.update(interactive=True),
+                )
+                return
+            yield _results(run_, data, t)
+        finally:
+            stops.pop(key, None)
+            shutil.rmtree(folder, ignore_errors=True)  # the report was copied into Gradio's cache
+
+    def stop_eval(request: gr.Request):
+        event = stops.get(request.session_hash or "")
+        if event is not None:
+            event.set()
+
+    run.click(evaluate, [files, task_name], [status, table, details, plot, report, run], concurrency_limit=1)
+    stop.click(stop_eval, None, None, queue=False)
+
+
+class _Run:
+    def __init__(self, engine, task, data, out: Path):
+        self.engine, self.task, self.data, self.out = engine, task, data, out
+        self.stop = threading.Event()
+        self.summary = Summary(total=len({item.image for item in data.items}))
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="glmflash-eval", daemon=True)
+
+    def _work(self) -> None:
+        try:
+            run_eval(
+                self.engine, self.task, self.data, self.out, stop=self.stop,
+                concurrency=max(1, self.engine.settings.batching.max_batch_size),
+                progress=lambda s: setattr(self, "summary", s),
+            )  # fmt: skip
+        except Exception as exc:  # shown on the page instead of a dead thread and a spinner
+            self.failure = exc
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def wait(self, seconds: float | None) -> None:
+        self.thread.join(seconds)
+
+    def status(self, t) -> str:
+        s = self.summary
+        return t["eval_running"].format(handled=s.done + s.failed + s.skipped + s.duplicates, total=s.total)
+
+
+def _results(run_: _Run, data, t):
+    result = load_run(run_.out)
+    html = write_report([result], run_.out / "report.html")
+    scores = result["scores"]
+    head = row(result)
+    state = t["batch_interrupted"] if run_.stop.is_set() else t["batch_finished"]
+    text = t["eval_done"].format(
+        state=state, accuracy=scores["accuracy"], n=scores["n"], answered=scores["answered"]
+    )
+    if data.problems:
+        text += (
+            "\n\n"
+            + t["eval_left_out"].format(n=len(data.problems))
+            + "\n"
+            + "\n".join(f"- {p}" for p in data.problems[:20])
+        )
+    summary = {"headers": list(head), "data": [[_cell(v) for v in head.values()]]}
+    if scores["kind"] == "classification":
+        names = ["class", "precision", "recall", "f1", "support"]
+        rows = [[c, *(_cell(v[k]) for k in names[1:])] for c, v in scores["per_class"].items()]
+        from ..evaluate.report import confusion_plot
+
+        picture = _picture(confusion_plot(scores))
+    else:
+        names = ["field", "accuracy", "invented"]
+        rows = [[f, _cell(v), str(scores["invented"][f])] for f, v in scores["per_field"].items()]
+        picture = None
+    return (
+        text,
+        gr.update(value=summary, visible=True),
+        gr.update(value={"headers": names, "data": rows}, visible=True),
+        gr.update(value=picture, visible=picture is not None),
+        gr.update(value=[str(html), str(run_.out / "items.jsonl")], visible=True),
+        gr.update(interactive=True),
+    )
+
+
+def _picture(png: bytes):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _gather(paths: list[str], folder: Path) -> Path:
+    """Copy the uploads into one folder by their own names, unpacking zips there (no path may
+    leave it, with a cap on entries and bytes); returns the one labels file among them."""
+    if not paths:
+        raise InvalidRequestError(
+            "Add a labels file (CSV or JSONL of image, expected) and its images, or a zip."
+        )
+    folder.mkdir(parents=True)
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".zip":
+            _unzip(path, folder)
+        else:
+            shutil.copyfile(path, folder / path.name)
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LABEL_FILES and p.is_file())
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise InvalidRequestError(f"Give exactly one labels file (.csv or .jsonl); found: {names}.")
+    return found[0]
+
+
+def _unzip(path: Path, folder: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [e for e in archive.infolist() if not e.is_dir()]
+            if len(entries) > MAX_ZIP_ENTRIES or sum(e.file_size for e in entries) > MAX_ZIP_BYTES:
+                raise InvalidRequestError(f"{path.name} is too big: at most {MAX_ZIP_ENTRIES:,} files, 2 GB.")
+            root = folder.resolve()
+            for entry in entries:
+                target = (folder / entry.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise InvalidRequestError(
+                        f"{path.name} holds a path outside its folder: {entry.filename!r}."
+                    )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(entry) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+    except zipfile.BadZipFile:
+        raise InvalidRequestError(f"{path.name} is not a readable zip file.") from None
+
+
+def _path(file) -> str:
+    return str(file.get("path")) if isinstance(file, dict) else str(file)
