@@ -13,6 +13,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GLMFLASH_CACHE_DIR=/home/glmflash/.cache/glmflash \
     GLMFLASH_HOST=0.0.0.0
 
+# A font with Latin and Chinese glyphs for the labels of drawn boxes (glmflash/grounding/draw.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-wqy-microhei=0.2.0-beta-3.1 \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 1000 --shell /bin/bash glmflash \
     && mkdir -p /home/glmflash/.cache/huggingface /home/glmflash/.cache/glmflash \
     && chown -R glmflash:glmflash /home/glmflash/.cache

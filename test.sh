@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 scripts/venv.sh requirements-dev.txt
-# Debian packages the tests drive: chromium (the page, through Playwright) and nginx (deploy/).
+# Debian packages the tests drive: chromium (the page, through Playwright), nginx (deploy/) and a
+# font with Chinese glyphs (labels of drawn boxes).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing+=(fonts-wqy-microhei)  # box labels in Chinese
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Debian's ${missing[*]} for the browser and deployment tests" >&2

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import RequestLimits
-from .inputs.images import ImagePolicy, load_image
+from .grounding.parse import find_boxes
+from .inputs.images import ImagePolicy, load_image, original_size
 from .inputs.messages import to_conversation
 from .options import GenerationOptions
 from .replies import Chunk, Timings, Usage
@@ -85,6 +86,10 @@ def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, us
         parsed = validate_answer(
             "".join(stage.answer).strip(), request.schema, finish, request.options.max_new_tokens
         )
+    boxes: tuple = ()
+    if finish != "cancelled":
+        sizes = [original_size(image) for image in request.images]
+        boxes = tuple(find_boxes("".join(stage.answer), sizes))
     end = time.perf_counter()
     tokens = usage.completion_tokens
     span = (clock.last or end) - (clock.first or end)
@@ -95,4 +100,5 @@ def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, us
         timings=Timings((clock.first or end) - request.started, rate, end - request.started),
         parsed=parsed,
         cut_in_reasoning=finish == "length" and stage.in_reasoning,
+        boxes=boxes,
     )

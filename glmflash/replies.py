@@ -43,6 +43,7 @@ class Chunk:
     timings: Timings | None = None
     parsed: Any = None  # last chunk, with a response_format: the validated JSON value
     cut_in_reasoning: bool = False  # last chunk: the budget ran out while the model was still thinking
+    boxes: tuple = ()  # last chunk: the grounding.Box values found in the answer
 
     @property
     def is_final(self) -> bool:
@@ -61,6 +62,7 @@ class Reply:
     boxed: str = ""
     parsed: Any = None  # with a response_format: the answer as a validated JSON value
     cut_in_reasoning: bool = False  # finish_reason "length" while still thinking: no answer yet
+    boxes: tuple = ()  # grounding.Box: boxes and points in the answer, in pixels of the original image
 
     @classmethod
     def collect(cls, chunks) -> Reply:
@@ -85,6 +87,7 @@ class Reply:
             "".join(boxed),
             final.parsed,
             final.cut_in_reasoning,
+            final.boxes,
         )
 
 

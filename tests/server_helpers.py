@@ -1,11 +1,15 @@
-"""A real uvicorn server on 127.0.0.1 in a background thread, for the API tests."""
+"""A real uvicorn server on 127.0.0.1 in a background thread, for the API tests; and a scripted
+OpenAI-compatible backend that answers a fixed text (what a vLLM server would send)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import uvicorn
 
@@ -59,3 +63,58 @@ def wait_until(predicate, timeout: float) -> float:
             raise AssertionError(f"not true within {timeout} s")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """An OpenAI-compatible backend that streams a fixed answer in small pieces, the model's
+    markers left in, and remembers the request bodies it got."""
+
+    pieces: ClassVar[list[str]] = []
+    bodies: ClassVar[list[dict]] = []
+
+    def do_GET(self):
+        self._json({"object": "list", "data": [{"id": "glm-4.6v-flash", "object": "model"}]})
+
+    def do_POST(self):
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for piece in self.pieces:
+            self._event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        usage = {
+            "prompt_tokens": 20,
+            "completion_tokens": len(self.pieces),
+            "total_tokens": 20 + len(self.pieces),
+        }
+        self._event({"choices": [], "usage": usage})
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def _event(self, body):
+        self.wfile.write(f"data: {json.dumps(body)}\n\n".encode())
+        self.wfile.flush()
+
+    def _json(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def scripted_backend():
+    """A Scripted backend on a free loopback port; yields its /v1 URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Scripted.bodies.clear()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()

@@ -47,6 +47,17 @@ EXPECTED = {
         ["moderation: finished:", "invoice: finished:", "rerun skipped 3 of 3 images", "moderation.csv:"],
     ),
     "05_cost_analysis.ipynb": (False, True, ["moves the answer most:"]),
+    "06_grounding.ipynb": (
+        False,
+        True,
+        [
+            "label font:",
+            "answer:",
+            "objects in the JSON",
+            "pixel boxes: [(80, 120, 280, 320), (480, 240, 680, 440)]",
+            "'[1, 2, 3]': 0 boxes",
+        ],
+    ),
     "07_evaluate.ipynb": (
         False,
         True,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from tests.server_helpers import free_port, wait_until
 
@@ -365,3 +367,41 @@ def test_evaluate_tab_without_a_labels_file_says_what_to_add(page, tmp_path):
 
     page.wait_for_selector("text=Give exactly one labels file", timeout=30_000)
     expect(page.locator("#eval-run")).to_be_enabled()
+
+
+def test_an_answer_with_boxes_shows_the_picture_with_them_drawn(browser, tmp_path):
+    """The page in front of a backend whose model answers the "Locate" example with the scene's
+    true boxes (as GLM-4.6V writes them, in box markers): the picture comes back with both drawn
+    where the shapes are, and their pixel coordinates listed."""
+    import glmflash
+    from glmflash.ui.examples import FOLDER, SCENE_OBJECTS, SCENE_SIZE
+    from tests.server_helpers import Scripted, scripted_backend
+
+    boxes = ", ".join(f"[{', '.join(map(str, b))}]" for b in SCENE_OBJECTS.values())
+    answer = f"<|begin_of_box|>[{boxes}]<|end_of_box|>"
+    with scripted_backend() as backend:
+        Scripted.pieces = [answer[i : i + 7] for i in range(0, len(answer), 7)]
+        with serving(glmflash.load(backend)) as url:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.goto(url)
+            page.wait_for_selector("#ask textarea", timeout=60_000)
+            page.locator("#examples").get_by_text("Locate the red circle").first.click()
+            page.wait_for_timeout(500)
+            page.locator("#ask textarea").press("Enter")
+            page.wait_for_selector("text=2 box(es)", timeout=60_000)
+            drawn = page.locator("#chat img").last
+            drawn.wait_for()
+            src = drawn.get_attribute("src")
+            fetched = page.request.get(src if src.startswith("http") else url + src).body()
+            picture = Image.open(io.BytesIO(fetched))
+            page.screenshot(path=str(tmp_path / "boxes.png"), full_page=True)
+            text = page.locator("#chat").inner_text()
+            page.close()
+    assert picture.size == SCENE_SIZE
+    w, h = SCENE_SIZE
+    for x1, y1, x2, y2 in SCENE_OBJECTS.values():
+        left, top = round(x1 / 1000 * w), round(y1 / 1000 * h)
+        assert ", ".join(map(str, (left, top, round(x2 / 1000 * w), round(y2 / 1000 * h)))) in text
+        edge = (left + 1, (top + round(y2 / 1000 * h)) // 2)
+        original = Image.open(FOLDER / "scene.png").convert("RGB")
+        assert picture.getpixel(edge) != original.getpixel(edge)  # a box edge was drawn there

@@ -24,6 +24,9 @@ PIXELS_PER_TOKEN = 28 * 28  # one LLM token per 28x28 pixels after the 2x2 merge
 MAX_ASPECT_RATIO = 200  # the GLM processor refuses anything longer
 
 
+ORIGINAL_SIZE = "glmflash_original_size"
+
+
 @dataclass(frozen=True)
 class ImagePolicy:
     """What an entry point accepts. Library callers may read local files; servers may not."""
@@ -170,6 +173,7 @@ def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
         )
     _check_aspect(width, height)
     image = ImageOps.exif_transpose(image)
+    oriented = image.size  # what the person sees: boxes are drawn back onto this size
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -179,7 +183,13 @@ def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
         image = image.convert("RGB")
     image = downscale(image, policy.max_image_pixels)
     _check_aspect(*image.size)  # rounding while shrinking can push a thin image over the line
+    image.info[ORIGINAL_SIZE] = oriented
     return image
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """The size an image had after EXIF orientation, before the downscale to the budget."""
+    return tuple(image.info.get(ORIGINAL_SIZE, image.size))  # type: ignore[return-value]
 
 
 def _check_aspect(width: int, height: int) -> None:

@@ -255,12 +255,14 @@ def _read(path: Path, max_bytes: int) -> tuple[bytes | None, str | None]:
 
 
 def _record(ident: str, path: Path, task: Task, model_id: str, reply) -> dict:
+    boxes = {"boxes": [box.to_dict() for box in reply.boxes]} if reply.boxes else {}
     return {
         "id": ident,
         "source": str(path),
         "task": task.name,
         "model": model_id,
         "result": reply.parsed,
+        **boxes,  # grounding answers: each box also in pixels of the original image
         "finish_reason": reply.finish_reason,
         "usage": asdict(reply.usage),
         "timings": asdict(reply.timings),

@@ -191,7 +191,8 @@ async def _sse(call, first, body, state: ServerState, record):
             if item.is_final:
                 usage, timings = item.usage, item.timings
                 reason = protocol.finish(item.finish_reason)
-                final = protocol.chunk(request_id, model, created, {}, reason, extra=protocol.cut(item))
+                delta = protocol.boxes(item)  # boxes arrive with the finish: they need the whole answer
+                final = protocol.chunk(request_id, model, created, delta, reason, extra=protocol.cut(item))
                 yield _event(final)
                 if body.include_usage:
                     yield _event(protocol.chunk(request_id, model, created, {}, usage=item.usage))

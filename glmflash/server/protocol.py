@@ -134,6 +134,7 @@ def completion(reply, *, request_id: str, model: str) -> dict:
                     "role": "assistant",
                     "content": reply.text,
                     "reasoning_content": reply.reasoning or None,
+                    **boxes(reply),
                 },
                 "finish_reason": finish(reply.finish_reason),
                 "logprobs": None,
@@ -142,6 +143,12 @@ def completion(reply, *, request_id: str, model: str) -> dict:
         ],
         "usage": usage_dict(reply.usage),
     }
+
+
+def boxes(reply) -> dict:
+    """The extension field `boxes` (only when the answer has some): each box's label, its 0-1000
+    box, its pixel box in the original image and which image; `content` keeps the model's text."""
+    return {"boxes": [box.to_dict() for box in reply.boxes]} if reply.boxes else {}
 
 
 def chunk(

@@ -85,10 +85,13 @@ def build_demo(engine, settings) -> gr.Blocks:
             return
         finally:
             stops.pop(request.session_hash or "", None)
+        sent = [part["image"] for m in [*history, turn] if isinstance(m["content"], list)
+                for part in m["content"] if part.get("type") == "image"]  # fmt: skip
         history = [*history, turn, {"role": "assistant", "content": answer}]
         figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, system, gen, settings)
-        yield _chat(shown, reasoning, answer, t, pending=False), history, figures, api, None
+        drawn = _drawn_boxes(final, sent, t)
+        yield _chat(shown, reasoning, answer, t, pending=False) + drawn, history, figures, api, None
 
     def stop_generation(request: gr.Request):
         event = stops.get(request.session_hash or "")
@@ -143,7 +146,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             order = (2, 1) if settings.server.lang == "zh" else (1, 2)  # both languages, the page's first
             gr.Examples(
                 [[{"text": row[c], "files": [str(FOLDER / row[0])]}] for c in order for row in EXAMPLES],
-                inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=6,
+                inputs=[box], label=t["examples"], elem_id="examples", examples_per_page=8,
             )  # fmt: skip
         with gr.Tab(t["cost_tab"], elem_id="cost-tab"):
             cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.server.lang)
@@ -208,6 +211,32 @@ def _chat(shown, reasoning, answer, t, *, pending: bool):
         )
     out.append({"role": "assistant", "content": answer or ("…" if pending else "")})
     return out
+
+
+def _drawn_boxes(final, images: list[bytes], t) -> list[dict]:
+    """When the answer has boxes: the picture they belong to with them drawn and labelled, and
+    each box's pixel coordinates in the original image, as chat messages after the answer."""
+    if final is None or not final.boxes or not images:
+        return []
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    from ..grounding.draw import draw_boxes
+
+    index = final.boxes[0].image
+    with Image.open(io.BytesIO(images[min(index, len(images) - 1)])) as original:
+        picture = draw_boxes(original, final.boxes)
+    with tempfile.NamedTemporaryFile(prefix="glmflash-boxes-", suffix=".png", delete=False) as f:
+        picture.save(f, "PNG")
+    rows = "\n".join(
+        f"| {n} | {b.label or '-'} | {', '.join(str(v) for v in (b.pixels or ()))} |"
+        for n, b in enumerate(final.boxes, 1)
+    )
+    head = f"| # | {t['box_label']} | x1, y1, x2, y2 (px) |\n|---|---|---|"
+    table = f"{t['boxes_found'].format(n=len(final.boxes))}\n\n{head}\n{rows}"
+    return [{"role": "assistant", "content": {"path": f.name}}, {"role": "assistant", "content": table}]
 
 
 def _drop_last_turn(chat, history, last_input):

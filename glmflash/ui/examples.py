@@ -14,7 +14,16 @@ EXAMPLES = [
     ("invoice.png", "What is the total amount on this invoice?", "发票上的金额是多少？"),
     ("product.png", "Does this product listing make a false claim?", "这张商品图片是否包含违规宣传？"),
     ("chart.png", "Which quarter had the highest revenue?", "哪个季度的收入最高？"),
+    (
+        "scene.png",
+        "Locate the red circle and the blue square: give each one's box.",
+        "找出红色圆形和蓝色正方形，给出它们各自的框。",
+    ),
 ]
+# Where draw_scene puts each object, as [x1, y1, x2, y2] in 0-1000 of the image (the model's scale):
+# what a correct "Locate" answer gives, and what the tests check the drawing against.
+SCENE_OBJECTS = {"red circle": (100, 200, 350, 533), "blue square": (600, 400, 850, 733)}
+SCENE_SIZE = (800, 600)
 
 
 def _font(size: int):
@@ -67,10 +76,24 @@ def draw_chart() -> Image.Image:
     return image
 
 
+def draw_scene() -> Image.Image:
+    image = Image.new("RGB", SCENE_SIZE, (250, 248, 240))
+    d = ImageDraw.Draw(image)
+    w, h = SCENE_SIZE
+    for name, (x1, y1, x2, y2) in SCENE_OBJECTS.items():
+        box = [x1 * w / 1000, y1 * h / 1000, x2 * w / 1000, y2 * h / 1000]
+        if name == "red circle":
+            d.ellipse(box, fill=(220, 40, 40))
+        else:
+            d.rectangle(box, fill=(40, 70, 200))
+    d.text((30, 20), "Find the shapes", font=_font(28), fill="black")
+    return image
+
+
 def write_examples(folder: Path = FOLDER) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for (name, *_), draw in zip(EXAMPLES, (draw_invoice, draw_product, draw_chart), strict=True):
+    for (name, *_), draw in zip(EXAMPLES, (draw_invoice, draw_product, draw_chart, draw_scene), strict=True):
         path = folder / name
         draw().save(path, optimize=True)
         paths.append(path)

@@ -61,6 +61,8 @@ LABELS = {
         "batch_running": "Running",
         "batch_finished": "Finished",
         "batch_interrupted": "Stopped",
+        "boxes_found": "**{n} box(es)** drawn where the model looked (pixels of your image):",
+        "box_label": "label",
         "eval_tab": "Evaluate",
         "eval_intro": (
             "Is it good enough for your images? Upload a labels file (CSV or JSONL with the columns "
@@ -135,6 +137,8 @@ LABELS = {
         "batch_running": "运行中",
         "batch_finished": "已完成",
         "batch_interrupted": "已停止",
+        "boxes_found": "在模型关注的位置画出了 **{n} 个框**（坐标为原图像素）：",
+        "box_label": "标签",
         "eval_tab": "评估",
         "eval_intro": (
             "它对您的图片够用吗？上传标注文件（CSV 或 JSONL，列为 `image` 和 `expected`）及其图片，"
