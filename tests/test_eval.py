@@ -348,3 +348,61 @@ def test_the_eval_command_killed_and_resumed_then_compared(tmp_path, cache_dir):
     assert missing.returncode == 2 and "No such data file" in missing.stderr
     one = run_cli("eval", "--compare", str(out), env_extra=env)
     assert one.returncode == 2 and "two or more" in one.stderr
+
+
+# -- detection ------------------------------------------------------------------------------------
+
+
+def test_iou_and_detection_scores_match_boxes_one_to_one():
+    from glmflash.evaluate.score import iou, score_detection
+
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
+    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    expected = {
+        "objects": [
+            {"label": "Cat", "bbox_2d": [0, 0, 100, 100]},
+            {"label": "dog", "bbox_2d": [500, 500, 700, 700]},
+        ]
+    }
+    answer = {"objects": [
+        {"label": "cat ", "bbox_2d": [100, 100, 10, 0]},  # corners swapped, IoU 0.9 with the cat
+        {"label": "bird", "bbox_2d": [500, 500, 700, 700]},  # the dog's box, the wrong label
+        {"label": "cat", "bbox_2d": [0, 0, 100, 100]},  # a second cat for one expected: extra
+    ]}  # fmt: skip
+    result = score_detection([(expected, answer), (expected, None)])
+    s = result["scores"]
+    assert (s["true_positives"], s["false_positives"], s["false_negatives"]) == (1, 2, 3)
+    assert s["precision"] == pytest.approx(1 / 3) and s["recall"] == pytest.approx(1 / 4)
+    assert s["mean_iou"] == pytest.approx(1.0)  # the exact cat wins the assignment over the 0.9 one
+    assert result["items"][0]["wrong_fields"] == ["missed: dog", "extra: cat", "extra: bird"]
+    assert [i["correct"] for i in result["items"]] == [False, False]
+    perfect = score_detection([(expected, expected)])["scores"]
+    assert perfect["accuracy"] == 1.0 and perfect["f1"] == 1.0
+
+
+def test_the_detect_preset_looks_for_what_it_is_told():
+    assert "Find every price tag in the image" in load_task("detect", find="  price   tag ").prompt
+    assert "Find every distinct object" in load_task("detect").prompt
+    with pytest.raises(InvalidRequestError, match="What to find"):
+        load_task("detect", find=" ")
+
+
+def test_a_detection_run_scores_the_models_boxes(engine, tmp_path):
+    from dataclasses import replace
+
+    task = load_task("detect")
+    objects = json.loads(json.dumps(task.schema["properties"]["objects"]))
+    objects["maxItems"], objects["items"]["properties"]["label"]["maxLength"] = 2, 8  # seconds on a CPU
+    task = replace(task, schema={**task.schema, "properties": {"objects": objects}})
+    expected = [{"objects": [{"label": "shape", "bbox_2d": [100, 100, 600, 600]}]}, {"objects": []}]
+    data = load_labelled(labelled_folder(tmp_path / "data", expected, "jsonl"))
+    result = run_eval(engine, task, data, tmp_path / "run")
+    s = result["scores"]
+    assert s["kind"] == "detection" and s["answered"] == 2
+    items = [json.loads(line) for line in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
+    predicted = sum(len(i["predicted"]["objects"]) for i in items)
+    assert s["true_positives"] + s["false_negatives"] == 1
+    assert s["true_positives"] + s["false_positives"] == predicted
+    assert (
+        "Boxes matched by IoU" in write_report([load_run(tmp_path / "run")], tmp_path / "r.html").read_text()
+    )

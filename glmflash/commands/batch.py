@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ..jobs.runner import Summary, default_errors_path, expand_inputs, export_csv, run_job
-from ..jobs.tasks import DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
+from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
 
 
 def add_parser(commands, model_flags) -> None:
@@ -30,6 +30,7 @@ def add_parser(commands, model_flags) -> None:
     what.add_argument("--prompt", help="your own instruction; the answer is JSON (shaped by --schema)")
     batch.add_argument("--schema", help="a JSON Schema file for --prompt's answers")
     batch.add_argument("--language", default=DEFAULT_LANGUAGE, help="language of explanations (English)")
+    batch.add_argument("--find", default=DEFAULT_FIND, help=f"what --task detect looks for ({DEFAULT_FIND})")
     batch.add_argument("--out", required=True, help="results file (JSON lines, appended to)")
     batch.add_argument("--errors", help="refused / failed inputs (default: OUT.errors.jsonl)")
     batch.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="csv: also write OUT.csv")
@@ -49,7 +50,7 @@ def build_task(args):
             from ..errors import InvalidRequestError
 
             raise InvalidRequestError("--schema goes with --prompt; a task file carries its own schema.")
-        task = load_task(args.task, language=args.language)
+        task = load_task(args.task, language=args.language, find=args.find)
     else:
         task = custom_task(args.prompt, args.schema)
     if args.max_new_tokens:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..cost import CostInputs
 from ..errors import InvalidRequestError
-from ..jobs.tasks import DEFAULT_LANGUAGE, PRESETS, load_task
+from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, load_task
 
 
 def add_parser(commands, model_flags) -> None:
@@ -35,6 +35,7 @@ def add_parser(commands, model_flags) -> None:
     parser.add_argument("--api-key", help="its key (default: GLMFLASH_BACKEND_API_KEY)")
     parser.add_argument("--label-field", help="the answer field compared with plain labels (the task's enum)")
     parser.add_argument("--language", default=DEFAULT_LANGUAGE, help="language of explanations (English)")
+    parser.add_argument("--find", default=DEFAULT_FIND, help=f"what --task detect looks for ({DEFAULT_FIND})")
     parser.add_argument("--concurrency", type=int, help="images in flight (default GLMFLASH_MAX_BATCH_SIZE)")
     parser.add_argument(
         "--pricing",
@@ -95,7 +96,7 @@ def run(args, load_engine) -> int:
     from ..evaluate.score import label_choices, label_fields
     from .batch import Progress
 
-    task = load_task(args.task, language=args.language)
+    task = load_task(args.task, language=args.language, find=args.find)
     field = args.label_field or label_fields(task.schema)[0]
     data = load_labelled(args.data, labels=label_choices(task.schema, field))  # checked before a model loads
     for problem in data.problems:

@@ -40,7 +40,8 @@ class Labelled:
 
     @property
     def kind(self) -> str:
-        """classification (labels) or extraction (objects of fields)."""
+        """classification (labels) or extraction (objects of fields; detection when they are the
+        detect task's objects with boxes, which the runner tells apart)."""
         return "extraction" if isinstance(self.items[0].expected, dict) else "classification"
 
 

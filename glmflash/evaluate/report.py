@@ -84,6 +84,8 @@ def _run(run: dict) -> str:
         if s.get("thresholds"):
             parts.append("<h3>Automatic above a confidence, a person below</h3>" + _table(s["thresholds"]))
             parts.append(_img(threshold_plot(s["thresholds"])))
+    elif s["kind"] == "detection":
+        parts.append("<h3>Boxes matched by IoU</h3>" + _table([detection_row(s)]))
     else:
         fields = [
             {"field": k, "accuracy": v, "invented": s["invented"][k]} for k, v in s["per_field"].items()
@@ -98,6 +100,12 @@ def _run(run: dict) -> str:
         f"<h3>Configuration</h3><pre>{escape(json.dumps(config, indent=1, ensure_ascii=False))}</pre>"
     )
     return "\n".join(parts)
+
+
+def detection_row(s: dict) -> dict:
+    keys = ("iou_threshold", "precision", "recall", "f1", "mean_iou", "true_positives", "false_positives",
+            "false_negatives")  # fmt: skip
+    return {k: s[k] for k in keys}
 
 
 def _mistakes(run: dict) -> str:

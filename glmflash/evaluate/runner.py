@@ -22,7 +22,7 @@ from ..errors import InvalidRequestError
 from ..jobs.runner import Summary, run_job
 from ..jobs.tasks import Task
 from .data import Labelled
-from .score import label_fields, score_classification, score_extraction
+from .score import is_detection, label_fields, score_classification, score_detection, score_extraction
 
 
 def run_eval(
@@ -67,6 +67,8 @@ def score_run(out: Path, data: Labelled, task: Task, *, cost_inputs=None, label_
                 "give --label-field.", param="label_field",
             )  # fmt: skip
         scored = score_classification(pairs, label, confidence)
+    elif all(is_detection(item.expected) for item in data.items):
+        scored = score_detection(pairs)
     else:
         scored = score_extraction(pairs)
     with (out / "items.jsonl").open("w", encoding="utf-8") as f:

@@ -9,6 +9,11 @@
   extra spaces), lists of objects (line items) matched regardless of order, and *invented*
   values: a field the labels say the document does not have (null) that the answer filled in.
 
+- detection (objects with boxes, e.g. `--task detect`): boxes matched one to one by IoU (at
+  least DETECTION_IOU, labels equal when both are given; an optimal assignment), precision,
+  recall and F1 over all boxes, the mean IoU of the matches; an image is right when every
+  expected box is found and nothing else.
+
 An image with no answer (refused, failed) counts as wrong everywhere.
 """
 
@@ -216,3 +221,88 @@ def _date(value: Any) -> date | None:
 
 def _text(value: Any) -> str:
     return " ".join(str(value).casefold().split())
+
+
+# -- detection ----------------------------------------------------------------------------------
+
+DETECTION_IOU = 0.5
+
+
+def is_detection(expected: Any) -> bool:
+    """Labels of the detect task's shape: {"objects": [{"label", "bbox_2d": [x1, y1, x2, y2]}]}."""
+    objects = expected.get("objects") if isinstance(expected, dict) else None
+    return isinstance(objects, list) and all(isinstance(o, dict) and "bbox_2d" in o for o in objects)
+
+
+def score_detection(pairs: list[tuple[dict, dict | None]], threshold: float = DETECTION_IOU) -> dict:
+    tp = fp = fn = 0
+    ious: list[float] = []
+    items = []
+    for expected, answer in pairs:
+        want = _objects(expected)
+        have = _objects(answer) if isinstance(answer, dict) else []
+        matches = _match(want, have, threshold)
+        ious += [iou for _, _, iou in matches]
+        found = {i for i, _, _ in matches}
+        used = {j for _, j, _ in matches}
+        missed = [want[i][0] or f"box {i + 1}" for i in range(len(want)) if i not in found]
+        extra = [have[j][0] or f"box {j + 1}" for j in range(len(have)) if j not in used]
+        tp, fp, fn = tp + len(matches), fp + len(extra), fn + len(missed)
+        wrong = [f"missed: {m}" for m in missed] + [f"extra: {e}" for e in extra]
+        if answer is None:
+            wrong = ["no answer"]
+        items.append({"correct": answer is not None and not wrong, "expected": expected, "predicted": answer,
+                      "wrong_fields": wrong})  # fmt: skip
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    scores = {
+        "kind": "detection",
+        "n": len(pairs),
+        "answered": sum(answer is not None for _, answer in pairs),
+        "accuracy": sum(bool(item["correct"]) for item in items) / len(items) if items else 0.0,
+        "iou_threshold": threshold,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "true_positives": tp,
+        "false_positives": fp,
+        "false_negatives": fn,
+        "mean_iou": sum(ious) / len(ious) if ious else None,
+    }
+    return {"scores": scores, "items": items}
+
+
+def _objects(value: Any) -> list[tuple[str, tuple[float, ...]]]:
+    out: list[tuple[str, tuple[float, ...]]] = []
+    for o in (value or {}).get("objects") or []:
+        box = o.get("bbox_2d") if isinstance(o, dict) else None
+        if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
+            x1, y1, x2, y2 = box
+            out.append((_text(o.get("label") or ""), (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))))
+    return out
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two [x1, y1, x2, y2] boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0) * max(h, 0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _match(want: list, have: list, threshold: float) -> list[tuple[int, int, float]]:
+    """The one-to-one matching with the most total IoU (scipy), keeping pairs at the threshold
+    whose labels agree (a missing label agrees with any)."""
+    if not want or not have:
+        return []
+    from scipy.optimize import linear_sum_assignment
+
+    def score(w, h) -> float:
+        same_label = not w[0] or not h[0] or w[0] == h[0]
+        value = iou(w[1], h[1])
+        return value if same_label and value >= threshold else 0.0
+
+    matrix = [[score(w, h) for h in have] for w in want]
+    rows, cols = linear_sum_assignment(matrix, maximize=True)
+    return [(r, c, matrix[r][c]) for r, c in zip(rows, cols, strict=True) if matrix[r][c] > 0]

@@ -22,6 +22,7 @@ _FOLDER = resources.files("glmflash").joinpath("data/tasks")
 PRESETS = tuple(
     sorted(item.name[: -len(".json")] for item in _FOLDER.iterdir() if item.name.endswith(".json"))
 )
+DEFAULT_FIND = "distinct object"  # what the detect preset looks for
 DEFAULT_LANGUAGE = "English"
 UNBOUNDED_TOKENS = 2048  # the budget for a schema without length bounds (a cut answer is retried)
 THINKING_TOKENS = 8192  # added when a task thinks first: what the official demos give the model
@@ -84,8 +85,9 @@ class Task:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
-    """A preset by name ("moderation", "invoice") or a task file of the same shape."""
+def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE, find: str = DEFAULT_FIND) -> Task:
+    """A preset by name ("moderation", "invoice", "detect") or a task file of the same shape.
+    `{language}` in its prompt becomes `language`, `{find}` (what detect looks for) `find`."""
     if name_or_path in PRESETS:
         text = _FOLDER.joinpath(f"{name_or_path}.json").read_text("utf-8")
         origin = f"preset {name_or_path}"
@@ -101,13 +103,20 @@ def load_task(name_or_path: str, *, language: str = DEFAULT_LANGUAGE) -> Task:
         raise InvalidRequestError(f"{origin}: a task file is a JSON object with at least a 'prompt' string.")
     return Task(
         name=str(data.get("name") or Path(name_or_path).stem),
-        prompt=data["prompt"].replace("{language}", language),
+        prompt=data["prompt"].replace("{language}", language).replace("{find}", _find(find)),
         schema=_schema(data.get("schema"), origin),
         thinking=bool(data.get("thinking", False)),
         max_new_tokens=_tokens(data.get("max_new_tokens"), origin),
         thinking_budget=_tokens(data.get("thinking_budget"), origin, "thinking_budget"),
         description=str(data.get("description", "")),
     )
+
+
+def _find(text: str) -> str:
+    text = " ".join(str(text).split())
+    if not text or len(text) > 200:
+        raise InvalidRequestError("What to find must be 1 to 200 characters, e.g. 'person' or 'price tag'.")
+    return text
 
 
 def preset_titles(lang: str) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import GlmflashError
 from ..jobs.runner import Summary, default_errors_path, export_csv, run_job
-from ..jobs.tasks import DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
+from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
 from .labels import labels
 
 POLL_S = 0.5  # how often the page hears about a running job
@@ -42,6 +42,9 @@ def build_batch_tab(engine, settings) -> None:
                 LANGUAGES, value="中文" if settings.server.lang == "zh" else DEFAULT_LANGUAGE,
                 allow_custom_value=True, label=t["batch_language"], elem_id="batch-language",
             )  # fmt: skip
+            find = gr.Textbox(
+                value=DEFAULT_FIND, label=t["batch_find"], max_lines=1, elem_id="batch-find"
+            )  # what the detect task looks for
             with gr.Row():
                 run = gr.Button(t["batch_run"], variant="primary", elem_id="batch-run")
                 stop = gr.Button(t["batch_stop"], variant="stop", elem_id="batch-stop")
@@ -58,14 +61,16 @@ def build_batch_tab(engine, settings) -> None:
                 label=t["batch_downloads"], interactive=False, visible=False, elem_id="batch-downloads"
             )
 
-    def run_batch(uploads, name, lang, request: gr.Request):
+    def run_batch(uploads, name, lang, what, request: gr.Request):
         paths = [Path(_path(f)) for f in uploads or []]
         if not paths:
             gr.Warning(t["batch_no_files"])
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         try:
-            task = load_task(name, language=(lang or "").strip() or DEFAULT_LANGUAGE)
+            task = load_task(
+                name, language=(lang or "").strip() or DEFAULT_LANGUAGE, find=what or DEFAULT_FIND
+            )
         except GlmflashError as exc:
             gr.Warning(exc.message)
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -104,7 +109,10 @@ def build_batch_tab(engine, settings) -> None:
 
     # One batch at a time; a second one waits in the queue (the engine runs one generation anyway).
     run.click(
-        run_batch, [files, task_name, language], [status, table, errors, downloads, run], concurrency_limit=1
+        run_batch,
+        [files, task_name, language, find],
+        [status, table, errors, downloads, run],
+        concurrency_limit=1,
     )
     stop.click(stop_batch, None, None, queue=False)
 

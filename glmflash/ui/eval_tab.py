@@ -167,6 +167,11 @@ def _results(run_: _Run, data, t):
         from ..evaluate.report import confusion_plot
 
         picture = _picture(confusion_plot(scores))
+    elif scores["kind"] == "detection":
+        from ..evaluate.report import detection_row
+
+        metrics = detection_row(scores)
+        names, rows, picture = list(metrics), [[_cell(v) for v in metrics.values()]], None
     else:
         names = ["field", "accuracy", "invented"]
         rows = [[f, _cell(v), str(scores["invented"][f])] for f, v in scores["per_field"].items()]
