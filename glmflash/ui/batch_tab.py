@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import gradio as gr
 from ..errors import GlmflashError
 from ..jobs.runner import Summary, default_errors_path, export_csv, run_job
 from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
+from .background import Background, StopSwitches
 from .labels import labels
 
 POLL_S = 0.5  # how often the page hears about a running job
@@ -25,7 +25,7 @@ LONG_CELL = 40
 def build_batch_tab(engine, settings) -> None:
     """Add the tab's components and events to the Blocks being built."""
     t = labels(settings.server.lang)
-    stops: dict[str, threading.Event] = {}  # one stop switch per browser session
+    switches = StopSwitches()
 
     gr.Markdown(t["batch_intro"], elem_id="batch-intro")
     with gr.Row():
@@ -77,7 +77,7 @@ def build_batch_tab(engine, settings) -> None:
             return
         folder = Path(tempfile.mkdtemp(prefix="glmflash-batch-"))  # fresh per run: nothing is skipped
         job = _Job(engine, task, paths, folder)
-        stops[request.session_hash or ""] = job.stop
+        switches.hold(request, job)
         shown = None  # (results, errors) counts last sent: the tables are only resent when they grow
         try:
             job.start()
@@ -99,13 +99,8 @@ def build_batch_tab(engine, settings) -> None:
         finally:  # also when the browser goes away mid-run
             job.stop.set()
             job.wait(None)
-            stops.pop(request.session_hash or "", None)
+            switches.release(request)
             shutil.rmtree(folder, ignore_errors=True)  # the downloads were copied into Gradio's cache
-
-    def stop_batch(request: gr.Request):
-        event = stops.get(request.session_hash or "")
-        if event is not None:
-            event.set()
 
     # One batch at a time; a second one waits in the queue (the engine runs one generation anyway).
     run.click(
@@ -114,43 +109,26 @@ def build_batch_tab(engine, settings) -> None:
         [status, table, errors, downloads, run],
         concurrency_limit=1,
     )
-    stop.click(stop_batch, None, None, queue=False)
+    stop.click(switches.stop, None, None, queue=False)
 
 
-class _Job:
+class _Job(Background):
     """jobs.runner.run_job on a background thread, and what it has written so far."""
 
     def __init__(self, engine, task, paths, folder: Path):
+        super().__init__("glmflash-batch")
         self.engine, self.task, self.paths = engine, task, paths
         self.out = folder / f"{task.name}.jsonl"
         self.errors_path = default_errors_path(self.out)
-        self.stop = threading.Event()
         self.summary = Summary(total=len(paths))
-        self.failure: BaseException | None = None
         self.results, self.failures = _Lines(self.out), _Lines(self.errors_path)
-        self.thread = threading.Thread(target=self._work, name="glmflash-batch", daemon=True)
-        self.started = time.perf_counter()
 
-    def _work(self) -> None:
-        try:
-            self.summary = run_job(
-                self.engine, self.task, self.paths, self.out, errors=self.errors_path, stop=self.stop,
-                progress=lambda s: setattr(self, "summary", s),
-                concurrency=max(1, self.engine.settings.batching.max_batch_size),  # batched if it can
-            )  # fmt: skip
-        except Exception as exc:  # shown on the page instead of a dead thread and a spinner
-            self.failure = exc
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-        self.thread.start()
-
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
-    def wait(self, seconds: float | None) -> None:
-        if self.thread.ident is not None:
-            self.thread.join(seconds)
+    def work(self) -> None:
+        self.summary = run_job(
+            self.engine, self.task, self.paths, self.out, errors=self.errors_path, stop=self.stop,
+            progress=lambda s: setattr(self, "summary", s),
+            concurrency=max(1, self.engine.settings.batching.max_batch_size),  # batched if it can
+        )  # fmt: skip
 
     def rows(self) -> tuple[list[dict], list[dict]]:
         return list(self.results.read()), list(self.failures.read())
@@ -170,7 +148,7 @@ class _Job:
             rate=s.done / elapsed if elapsed else 0.0,
         )
         if self.failure is not None:
-            text += f"\n\n⚠️ {getattr(self.failure, 'message', None) or self.failure}"
+            text += "\n\n" + self.failure_text()
         return text
 
     def downloads(self) -> list[str] | None:

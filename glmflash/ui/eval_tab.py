@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ..evaluate.runner import run_eval
 from ..evaluate.score import label_choices, label_fields
 from ..jobs.runner import Summary
 from ..jobs.tasks import PRESETS, load_task, preset_titles
+from .background import Background, StopSwitches
 from .labels import labels
 
 POLL_S = 0.5
@@ -32,7 +32,7 @@ MAX_ZIP_BYTES = 2_000_000_000  # unpacked, in all
 def build_eval_tab(engine, settings) -> None:
     """Add the tab's components and events to the Blocks being built."""
     t = labels(settings.server.lang)
-    stops: dict[str, threading.Event] = {}
+    switches = StopSwitches()
 
     gr.Markdown(t["eval_intro"], elem_id="eval-intro")
     with gr.Row():
@@ -63,7 +63,7 @@ def build_eval_tab(engine, settings) -> None:
 
     def evaluate(uploads, name, request: gr.Request):
         folder = Path(tempfile.mkdtemp(prefix="glmflash-eval-"))
-        key = request.session_hash or ""
+        run_: _Run | None = None
         try:
             try:
                 data_path = _gather([_path(f) for f in uploads or []], folder / "data")
@@ -75,7 +75,7 @@ def build_eval_tab(engine, settings) -> None:
                 yield skip
                 return
             run_ = _Run(engine, task, data, folder / "run")
-            stops[key] = run_.stop
+            switches.hold(request, run_)
             run_.start()
             while run_.running():
                 yield (
@@ -88,9 +88,8 @@ def build_eval_tab(engine, settings) -> None:
                 )
                 run_.wait(POLL_S)
             if run_.failure is not None:
-                message = getattr(run_.failure, "message", None) or str(run_.failure)
                 yield (
-                    f"⚠️ {message}",
+                    run_.failure_text(),
                     gr.skip(),
                     gr.skip(),
                     gr.skip(),
@@ -99,45 +98,31 @@ def build_eval_tab(engine, settings) -> None:
                 )
                 return
             yield _results(run_, data, t)
-        finally:
-            stops.pop(key, None)
+        finally:  # also when the browser goes away mid-run: stop it before its folder goes
+            if run_ is not None:
+                run_.stop.set()
+                run_.wait(None)
+            switches.release(request)
             shutil.rmtree(folder, ignore_errors=True)  # the report was copied into Gradio's cache
 
-    def stop_eval(request: gr.Request):
-        event = stops.get(request.session_hash or "")
-        if event is not None:
-            event.set()
-
     run.click(evaluate, [files, task_name], [status, table, details, plot, report, run], concurrency_limit=1)
-    stop.click(stop_eval, None, None, queue=False)
+    stop.click(switches.stop, None, None, queue=False)
 
 
-class _Run:
+class _Run(Background):
+    """evaluate.runner.run_eval on a background thread."""
+
     def __init__(self, engine, task, data, out: Path):
+        super().__init__("glmflash-eval")
         self.engine, self.task, self.data, self.out = engine, task, data, out
-        self.stop = threading.Event()
         self.summary = Summary(total=len({item.image for item in data.items}))
-        self.failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._work, name="glmflash-eval", daemon=True)
 
-    def _work(self) -> None:
-        try:
-            run_eval(
-                self.engine, self.task, self.data, self.out, stop=self.stop,
-                concurrency=max(1, self.engine.settings.batching.max_batch_size),
-                progress=lambda s: setattr(self, "summary", s),
-            )  # fmt: skip
-        except Exception as exc:  # shown on the page instead of a dead thread and a spinner
-            self.failure = exc
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def running(self) -> bool:
-        return self.thread.is_alive()
-
-    def wait(self, seconds: float | None) -> None:
-        self.thread.join(seconds)
+    def work(self) -> None:
+        run_eval(
+            self.engine, self.task, self.data, self.out, stop=self.stop,
+            concurrency=max(1, self.engine.settings.batching.max_batch_size),
+            progress=lambda s: setattr(self, "summary", s),
+        )  # fmt: skip
 
     def status(self, t) -> str:
         s = self.summary
