@@ -59,6 +59,9 @@ class RequestLimits:
     image_url_allowed_networks: tuple[str, ...] = ()  # CIDRs trusted despite being private
     image_url_timeout: float = 10.0  # seconds for a whole URL fetch
     max_context_tokens: int = 0  # prompt + answer ceiling; 0 = the model's own context length
+    max_pdf_pages: int = 16  # pages read per PDF (a PDF becomes its pages; they count as images)
+    pdf_dpi: int = 200  # render resolution, capped by max_image_pixels (small print stays legible)
+    pdf_render_timeout: float = 20.0  # seconds to render one PDF
 
 
 @dataclass(frozen=True)

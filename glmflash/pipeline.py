@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .config import RequestLimits
 from .grounding.parse import find_boxes
-from .inputs.images import ImagePolicy, load_image, original_size
+from .inputs.images import ImagePolicy, load_images, original_size
 from .inputs.messages import to_conversation
 from .options import GenerationOptions
 from .replies import Chunk, Timings, Usage
@@ -57,7 +57,7 @@ def prepare(
     )
     conversation, images = to_conversation(
         messages,
-        load_image=lambda source: load_image(source, policy),
+        load_image=lambda source: load_images(source, policy),
         max_images=limits.max_images,
         control_tokens=control_tokens,
     )

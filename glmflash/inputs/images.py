@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 from ..errors import ImageError
 from .fetch import fetch_url
+from .pdf import is_pdf, render_pdf
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 PIXELS_PER_TOKEN = 28 * 28  # one LLM token per 28x28 pixels after the 2x2 merge
@@ -38,6 +39,9 @@ class ImagePolicy:
     allowed_networks: tuple[str, ...] = ()
     url_timeout: float = 10.0
     allow_local_files: bool = True
+    max_pdf_pages: int = 16  # a PDF becomes its pages (inputs/pdf.py), each an image
+    pdf_dpi: int = 200
+    pdf_timeout: float = 20.0
 
     @classmethod
     def from_limits(cls, limits, *, allow_local_files: bool = True) -> ImagePolicy:
@@ -50,7 +54,15 @@ class ImagePolicy:
             allowed_networks=limits.image_url_allowed_networks,
             url_timeout=limits.image_url_timeout,
             allow_local_files=allow_local_files,
+            max_pdf_pages=limits.max_pdf_pages,
+            pdf_dpi=limits.pdf_dpi,
+            pdf_timeout=limits.pdf_render_timeout,
         )
+
+    def pdf_limits(self):
+        from .pdf import PdfLimits
+
+        return PdfLimits(self.max_pdf_pages, self.pdf_dpi, self.pdf_timeout, self.max_image_pixels)
 
 
 def visual_tokens(width: int, height: int) -> int:
@@ -60,10 +72,24 @@ def visual_tokens(width: int, height: int) -> int:
 
 def load_image(source, policy: ImagePolicy) -> Image.Image:
     """Turn a PIL image, bytes, data URL, http(s) URL or (if allowed) file path into RGB pixels."""
+    got = read_source(source, policy)
+    return _prepare(got, policy) if isinstance(got, Image.Image) else decode_bytes(got, policy)
+
+
+def load_images(source, policy: ImagePolicy) -> list[Image.Image]:
+    """As load_image, except that a PDF becomes its pages (each checked and downscaled the same)."""
+    got = read_source(source, policy)
+    if isinstance(got, bytes) and is_pdf(got):
+        return [_prepare(page, policy) for page in render_pdf(got, policy.pdf_limits())]
+    return [_prepare(got, policy) if isinstance(got, Image.Image) else decode_bytes(got, policy)]
+
+
+def read_source(source, policy: ImagePolicy) -> Image.Image | bytes:
+    """A PIL image as it is; bytes, a data URL, an http(s) URL or a file path as its bytes."""
     if isinstance(source, Image.Image):
-        return _prepare(source, policy)
+        return source
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(source), policy)
+        return bytes(source)
     if isinstance(source, Path):
         return _read_file(source, policy)
     if not isinstance(source, str):
@@ -73,20 +99,19 @@ def load_image(source, policy: ImagePolicy) -> Image.Image:
         )
     text = source.strip()
     if text.startswith("data:"):
-        return decode_bytes(decode_data_url(text, policy.max_bytes), policy)
+        return decode_data_url(text, policy.max_bytes)
     if text.lower().startswith(("http://", "https://")):
         if not policy.allow_urls:
             raise ImageError(
                 "Image URLs are disabled: send the image inline as a base64 data: URL, "
                 "or enable fetching with GLMFLASH_ALLOW_IMAGE_URLS=1."
             )
-        data = fetch_url(
+        return fetch_url(
             text,
             max_bytes=policy.max_bytes,
             timeout=policy.url_timeout,
             allowed_networks=policy.allowed_networks,
         )
-        return decode_bytes(data, policy)
     if policy.allow_local_files:
         return _read_file(Path(text), policy)
     alternative = " or an http(s) URL" if policy.allow_urls else ""
@@ -99,8 +124,8 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
     if not sep or not header.endswith(";base64"):
         raise ImageError("Malformed data URL: expected data:image/<type>;base64,<data>.")
     mime = header[5:-7].lower()
-    if mime and not mime.startswith("image/"):
-        raise ImageError(f"The data URL says {mime!r}; only image/* is accepted.")
+    if mime and not mime.startswith("image/") and mime != "application/pdf":
+        raise ImageError(f"The data URL says {mime!r}; only image/* and application/pdf are accepted.")
     payload = "".join(payload.split())
     if len(payload) * 3 // 4 > max_bytes:
         raise ImageError(f"Image is larger than the {_mb(max_bytes)} limit.")
@@ -116,6 +141,8 @@ def decode_bytes(data: bytes, policy: ImagePolicy) -> Image.Image:
         raise ImageError("The image is empty (0 bytes).")
     if len(data) > policy.max_bytes:
         raise ImageError(f"Image is {_mb(len(data))}, over the {_mb(policy.max_bytes)} limit.")
+    if is_pdf(data):
+        raise ImageError("This is a PDF, and one image is expected here: send its pages as images.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -145,7 +172,7 @@ def decode_bytes(data: bytes, policy: ImagePolicy) -> Image.Image:
     return _prepare(image, policy)
 
 
-def _read_file(path: Path, policy: ImagePolicy) -> Image.Image:
+def _read_file(path: Path, policy: ImagePolicy) -> bytes:
     if not policy.allow_local_files:
         raise ImageError("Reading images from file paths is not allowed here.")
     try:
@@ -159,7 +186,7 @@ def _read_file(path: Path, policy: ImagePolicy) -> Image.Image:
         raise ImageError(f"{path} is a folder, not an image file.") from None
     except OSError as exc:
         raise ImageError(f"Cannot read {path}: {exc.strerror or exc}") from None
-    return decode_bytes(data, policy)
+    return data
 
 
 def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:

@@ -57,10 +57,18 @@ def to_conversation(
                     f"Too many images: at most {max_images} per request.", param=here, code="too_many_images"
                 )
             try:
-                images.append(load_image(part[1]))
+                loaded = load_image(part[1])
             except ImageError as exc:
                 raise ImageError(f"{here}: {exc.message}", param=here, code=exc.code) from None
-            parts.append({"type": "image"})
+            pages = loaded if isinstance(loaded, list) else [loaded]  # a PDF is its pages
+            if len(images) + len(pages) > max_images:
+                raise ImageError(
+                    f"{here}: the document has {len(pages)} pages; with the other images that is over "
+                    f"{max_images} images (pages) per request: send fewer pages.",
+                    param=here, code="too_many_images",
+                )  # fmt: skip
+            images += pages
+            parts += [{"type": "image"} for _ in pages]
         for part in parts:  # after merging: a token split over two parts is caught too
             if part["type"] == "text":
                 part["text"] = neutralize(part["text"], tokens)
@@ -99,6 +107,15 @@ def _parts(content, where: str) -> list[tuple[str, object]]:
                     f"{here}.image_url.url must be a string.", param=f"{here}.image_url"
                 )
             out.append(("image", url))
+        elif kind == "file":  # OpenAI's file part: a PDF (or an image) as a data URL
+            value = part.get("file")
+            data = value.get("file_data") if isinstance(value, dict) else None
+            if not isinstance(data, str) or not data.startswith("data:"):
+                raise InvalidRequestError(
+                    f"{here}.file.file_data must be a data URL (data:application/pdf;base64,...); "
+                    "file_id is not supported.", param=f"{here}.file",
+                )  # fmt: skip
+            out.append(("image", data))
         elif kind == "image":
             source = next((part[k] for k in ("image", "url", "path") if part.get(k) is not None), None)
             if source is None:
@@ -106,7 +123,8 @@ def _parts(content, where: str) -> list[tuple[str, object]]:
             out.append(("image", source))
         else:
             raise InvalidRequestError(
-                f"{here} has unsupported type {kind!r}: use text, image_url or image.", param=f"{here}.type"
+                f"{here} has unsupported type {kind!r}: use text, image_url, file or image.",
+                param=f"{here}.type",
             )
     return out
 
