@@ -183,3 +183,26 @@ def test_a_batch_job_over_a_folder_of_pdfs_and_images(engine, tmp_path):
     assert errors[0]["source"].endswith("locked.pdf") and "password-protected" in errors[0]["error"]
     again = run_job(engine, task, expand_inputs([str(folder)]), out)
     assert (again.done, again.skipped) == (0, 4) and len(out.read_text().splitlines()) == 3
+
+
+def test_per_page_batch_records_carry_their_page_number(engine, tmp_path):
+    from glmflash.jobs.runner import expand_inputs
+    from glmflash.jobs.tasks import custom_task
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "one.pdf").write_bytes(pillow_pdf(((612, 792),)))
+    (folder / "two.pdf").write_bytes(pillow_pdf(((612, 792), (792, 612))))
+    (folder / "huge.pdf").write_bytes(raw_pdf(10_000))
+    task = custom_task("Read it.")
+    out = tmp_path / "pages.jsonl"
+    summary = run_job(engine, task, expand_inputs([str(folder)]), out, per_page=True, concurrency=2)
+    assert (summary.total, summary.done, summary.failed) == (4, 3, 1)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    pages = sorted((r["source"].rsplit("/", 1)[1], r["page"]) for r in records)
+    assert pages == [("one.pdf", 1), ("two.pdf", 1), ("two.pdf", 2)] and len({r["id"] for r in records}) == 3
+    assert all(r["usage"]["image_tokens"] < 1500 for r in records)  # one page each
+    errors = (tmp_path / "pages.errors.jsonl").read_text()
+    assert "huge.pdf" in errors and "10,000 pages" in errors
+    again = run_job(engine, task, expand_inputs([str(folder)]), out, per_page=True)
+    assert again.done == 0 and len(out.read_text().splitlines()) == 3

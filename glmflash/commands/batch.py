@@ -41,6 +41,9 @@ def add_parser(commands, model_flags) -> None:
         help="images in flight; they share batches (default GLMFLASH_MAX_BATCH_SIZE)",
     )
     batch.add_argument("--retries", type=int, default=3, help="tries again on transient failures (3)")
+    batch.add_argument(
+        "--per-page", action="store_true", help="one record per PDF page (default: one per document)"
+    )
     batch.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -86,6 +89,7 @@ def run(args, load_engine) -> int:
             retries=args.retries,
             stop=stop,
             progress=progress,
+            per_page=args.per_page,
         )
     finally:
         for sig, handler in previous.items():

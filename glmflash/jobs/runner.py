@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import GlmflashError, InvalidRequestError
+from ..errors import GlmflashError, ImageError, InvalidRequestError
+from ..inputs.images import ImagePolicy
+from ..inputs.pdf import is_pdf, page_count, render_pdf
 from ..text.structured import TruncatedOutputError
 from .tasks import Task
 
@@ -135,8 +138,11 @@ def run_job(
     backoff_s: float = 1.0,
     stop: threading.Event | None = None,
     progress: Callable[[Summary], None] | None = None,
+    per_page: bool = False,
 ) -> Summary:
-    """Run `task` over `paths` into `out` (JSONL); refused and failed inputs go to `errors`."""
+    """Run `task` over `paths` into `out` (JSONL); refused and failed inputs go to `errors`.
+    A PDF is one request with all its pages, or with `per_page` one request (and record, with its
+    `page` number) per page."""
     stop = stop or threading.Event()
     results = JsonlFile(out)
     failures = JsonlFile(errors or default_errors_path(out))
@@ -145,39 +151,58 @@ def run_job(
     seen: set[str] = set()
     started = time.perf_counter()
 
+    policy = ImagePolicy.from_limits(engine.settings.limits)
+
     def pending():
         for path in paths:
             if stop.is_set():
                 return
             data, problem = _read(path, engine.settings.limits.max_image_bytes)
-            # An unreadable file is known by its path (its bytes may not exist, or all be empty).
-            ident = job_id(str(path.resolve()).encode() if problem else data, task, model_id)
-            if ident in seen:
-                summary.duplicates += 1
-            elif ident in results.ids or ident in failures.ids:
-                summary.skipped += 1
-            elif problem:
-                failures.append(_error(ident, path, task, model_id, problem, "unreadable", False))
-                summary.failed += 1
-            else:
-                seen.add(ident)
-                yield ident, path, data
-                continue  # reported once its answer is in
-            _report(summary, started, progress)
+            pages: list[int | None] = [None]
+            if per_page and data and not problem and is_pdf(data):
+                try:
+                    pages = list(range(1, _pages(data, policy) + 1))
+                    summary.total += len(pages) - 1
+                except ImageError as exc:
+                    problem = exc.message
+            for page in pages:
+                # An unreadable file is known by its path (its bytes may not exist, or all be empty).
+                key = str(path.resolve()).encode() if problem else data
+                ident = job_id(key + (f"#page={page}".encode() if page else b""), task, model_id)
+                if ident in seen:
+                    summary.duplicates += 1
+                elif ident in results.ids or ident in failures.ids:
+                    summary.skipped += 1
+                elif problem:
+                    failures.append(_error(ident, path, task, model_id, problem, "unreadable", False))
+                    summary.failed += 1
+                else:
+                    seen.add(ident)
+                    yield ident, path, data, page
+                    continue  # reported once its answer is in
+                _report(summary, started, progress)
 
     def work(item):
-        return item, _attempt(engine, task, item[2], retries, backoff_s, stop)
+        data, page = item[2], item[3]
+        if page is not None:  # one page of a PDF, as an image
+            try:
+                data = _page_png(data, page, policy)
+            except ImageError as exc:
+                return item, (None, exc)
+        return item, _attempt(engine, task, data, retries, backoff_s, stop)
 
     def record(outcome) -> None:
-        (ident, path, _), (reply, error) = outcome
+        (ident, path, _, page), (reply, error) = outcome
+        where = {"page": page} if page is not None else {}
         if error is None and reply.finish_reason == "cancelled":
             return  # stopped half-way: done again on the next run
         if error is None:
-            results.append(_record(ident, path, task, model_id, reply))
+            results.append({**_record(ident, path, task, model_id, reply), **where})
             summary.done += 1
         elif not (stop.is_set() and error.code == "cancelled"):
             transient = error.code in TRANSIENT
-            failures.append(_error(ident, path, task, model_id, error.message, error.code, transient))
+            failed = _error(ident, path, task, model_id, error.message, error.code, transient)
+            failures.append({**failed, **where})
             summary.failed += 1
         _report(summary, started, progress)
 
@@ -193,6 +218,25 @@ def run_job(
         results.close()
         failures.close()
     return summary
+
+
+def _pages(data: bytes, policy: ImagePolicy) -> int:
+    count = page_count(data)
+    if count == 0:
+        raise ImageError("The PDF has no pages.")
+    if count > policy.max_pdf_pages:
+        raise ImageError(
+            f"The PDF has {count:,} pages; at most {policy.max_pdf_pages} are read per document "
+            "(GLMFLASH_MAX_PDF_PAGES)."
+        )
+    return count
+
+
+def _page_png(data: bytes, page: int, policy: ImagePolicy) -> bytes:
+    (image,) = render_pdf(data, policy.pdf_limits(), pages=[page])
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
 
 
 def _run_pool(items, work, record, concurrency: int, stop: threading.Event) -> None:
