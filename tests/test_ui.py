@@ -405,3 +405,33 @@ def test_an_answer_with_boxes_shows_the_picture_with_them_drawn(browser, tmp_pat
         edge = (left + 1, (top + round(y2 / 1000 * h)) // 2)
         original = Image.open(FOLDER / "scene.png").convert("RGB")
         assert picture.getpixel(edge) != original.getpixel(edge)  # a box edge was drawn there
+
+
+def test_a_pdf_in_the_chat_shows_its_pages_and_sends_the_chosen_ones(page, tmp_path):
+    import re
+
+    from playwright.sync_api import expect
+
+    from tests.test_pdf import pillow_pdf
+
+    pdf = tmp_path / "statement.pdf"
+    pdf.write_bytes(pillow_pdf())
+
+    def send(pages: str | None) -> int:
+        page.reload()
+        page.wait_for_selector("#ask textarea", timeout=60_000)
+        page.locator("#ask input[type=file]").set_input_files([str(pdf)])
+        page.wait_for_selector("#pdf-preview img", timeout=30_000)
+        expect(page.locator("#pdf-preview img")).to_have_count(3)  # one thumbnail per page
+        expect(page.locator("#pdf-pages")).to_contain_text("3 pages")
+        if pages:
+            page.locator("#pdf-pages textarea, #pdf-pages input").first.fill(pages)
+        ask(page, "What is on it?")
+        return int(re.search(r"images (\d+)", wait_for_figures(page)).group(1))
+
+    every = send(None)
+    assert every > 3 * 1000  # every page when no range is given
+    one = send("2")
+    page.screenshot(path=str(tmp_path / "pdf.png"), full_page=True)
+    assert 1000 < one < 1500 and one < every / 2  # the chosen page only
+    expect(page.locator("#pdf-preview")).to_be_hidden()  # sent: no document attached now

@@ -14,6 +14,7 @@ from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
+from .documents import chosen, preview
 from .eval_tab import build_eval_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
@@ -32,7 +33,7 @@ def build_demo(engine, settings) -> gr.Blocks:
     info = engine.info
     limit = settings.limits.max_new_tokens_limit
 
-    def respond(request: gr.Request, message, chat, history, system, *values):
+    def respond(request: gr.Request, message, chat, history, system, pages, *values):
         gen = _generation(dict(zip(controls, values, strict=True)))
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
@@ -41,7 +42,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             return
         stop = threading.Event()
         try:
-            images = [_read_upload(f, policy) for f in files]
+            images = [image for f in files for image in chosen(_read_upload(f, policy), pages, policy)]
             turn = {
                 "role": "user",
                 "content": [*({"type": "image", "image": b} for b in images), {"type": "text", "text": text}],
@@ -126,6 +127,14 @@ def build_demo(engine, settings) -> gr.Blocks:
                 controls["thinking"] = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
                 retry = gr.Button(t["retry"], size="sm", elem_id="retry")
                 new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
+            pdf_preview = gr.Gallery(
+                visible=False, columns=8, height=190, object_fit="contain", elem_id="pdf-preview",
+                show_label=True, allow_preview=True,
+            )  # fmt: skip
+            pdf_pages = gr.Textbox(
+                label=t["pdf_pages"], placeholder="1-3, 5", max_lines=1, visible=False, elem_id="pdf-pages"
+            )
+            pdf_shown = gr.State([])
             figures = gr.Markdown(elem_id="figures")
             with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
                 system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
@@ -162,7 +171,9 @@ def build_demo(engine, settings) -> gr.Blocks:
             api_answer = gr.Textbox()
             api_button = gr.Button()
 
-        inputs = [box, chatbot, history, system, *controls.values()]
+        inputs = [box, chatbot, history, system, pdf_pages, *controls.values()]
+        previews = [pdf_preview, pdf_pages, pdf_shown]
+        box.change(lambda m, shown: preview(m, shown, policy, t), [box, pdf_shown], previews, queue=False)
         outputs = [chatbot, history, figures, api, box]
         # Waiting turns queue at the engine (one generation at a time); Stop skips every queue.
         slots = settings.server.max_queue + 1
