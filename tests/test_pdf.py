@@ -156,9 +156,18 @@ def test_the_openai_file_part_through_the_api_and_bad_pdfs_are_400(engine):
         assert ok.usage.prompt_tokens == reply.usage.prompt_tokens  # still serving
 
 
+def yes_no_task(tmp_path):
+    from glmflash.jobs.tasks import custom_task
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    schema_file = tmp_path / "s.json"
+    schema_file.write_text(json.dumps(schema))
+    return custom_task("Is it readable?", str(schema_file))
+
+
 def test_a_batch_job_over_a_folder_of_pdfs_and_images(engine, tmp_path):
     from glmflash.jobs.runner import expand_inputs
-    from glmflash.jobs.tasks import custom_task
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -166,11 +175,7 @@ def test_a_batch_job_over_a_folder_of_pdfs_and_images(engine, tmp_path):
     (folder / "two.pdf").write_bytes(pillow_pdf(((612, 792), (792, 612))))
     (folder / "photo.png").write_bytes(png_bytes())
     (folder / "locked.pdf").write_bytes(raw_pdf(1, encrypted=True))
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-              "additionalProperties": False}  # fmt: skip
-    schema_file = tmp_path / "s.json"
-    schema_file.write_text(json.dumps(schema))
-    task = custom_task("Is it readable?", str(schema_file))
+    task = yes_no_task(tmp_path)
     out = tmp_path / "out.jsonl"
     summary = run_job(engine, task, expand_inputs([str(folder)]), out)
     assert (summary.done, summary.failed) == (3, 1)
@@ -187,14 +192,13 @@ def test_a_batch_job_over_a_folder_of_pdfs_and_images(engine, tmp_path):
 
 def test_per_page_batch_records_carry_their_page_number(engine, tmp_path):
     from glmflash.jobs.runner import expand_inputs
-    from glmflash.jobs.tasks import custom_task
 
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "one.pdf").write_bytes(pillow_pdf(((612, 792),)))
     (folder / "two.pdf").write_bytes(pillow_pdf(((612, 792), (792, 612))))
     (folder / "huge.pdf").write_bytes(raw_pdf(10_000))
-    task = custom_task("Read it.")
+    task = yes_no_task(tmp_path)  # a one-word answer: the random model cannot fail it
     out = tmp_path / "pages.jsonl"
     summary = run_job(engine, task, expand_inputs([str(folder)]), out, per_page=True, concurrency=2)
     assert (summary.total, summary.done, summary.failed) == (4, 3, 1)

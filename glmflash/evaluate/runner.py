@@ -129,9 +129,10 @@ def _start(out: Path, engine, task: Task, data: Labelled, pricing: str | None) -
     if not path.exists():
         return fresh
     meta = json.loads(path.read_text())
+    before = {**meta, "model": (meta.get("model") or {}).get("model_id")}
+    now = {**fresh, "model": engine.info.model_id}
     for key, what in (("data_hash", "data"), ("task_hash", "task"), ("model", "model")):
-        same = meta.get(key, {}).get("model_id") == fresh[key]["model_id"] if key == "model" else None
-        if (key == "model" and not same) or (key != "model" and meta.get(key) != fresh[key]):
+        if before.get(key) != now[key]:
             raise InvalidRequestError(
                 f"{out} holds a run of another {what}; resume it with the same {what}, or give a new --out.",
                 param="out",

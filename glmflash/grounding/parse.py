@@ -27,6 +27,7 @@ GROUP = re.compile(rf"[\[(]\s*({NUMBER}(?:\s*,\s*{NUMBER})*)\s*[\])]")
 ONLY_GROUPS = re.compile(rf"^[\s\[\](),]*(?:[\[(]\s*{NUMBER}\s*,\s*{NUMBER}\s*[\])][\s\[\](),]*)+$")
 BOX_KEYS = ("bbox_2d", "bbox", "box", "box_2d")
 POINT_KEYS = ("point_2d", "point")
+KEYS_IN_TEXT = re.compile(r'"(?:bbox_2d|bbox|box|box_2d|point_2d|point)"\s*:')
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def find_boxes(text: str, sizes: list[tuple[int, int]] | None = None) -> list[Bo
 
 def _from_json(text: str) -> list[tuple[str, tuple, bool]]:
     found: list[tuple[str, tuple, bool]] = []
+    if not KEYS_IN_TEXT.search(text):  # every reply passes here: most have no box keys at all
+        return found
     for value in _json_values(text):
         _walk(value, found)
     return found

@@ -72,7 +72,10 @@ def visual_tokens(width: int, height: int) -> int:
 
 def load_image(source, policy: ImagePolicy) -> Image.Image:
     """Turn a PIL image, bytes, data URL, http(s) URL or (if allowed) file path into RGB pixels."""
-    got = read_source(source, policy)
+    return _decode(read_source(source, policy), policy)
+
+
+def _decode(got: Image.Image | bytes, policy: ImagePolicy) -> Image.Image:
     return _prepare(got, policy) if isinstance(got, Image.Image) else decode_bytes(got, policy)
 
 
@@ -81,7 +84,7 @@ def load_images(source, policy: ImagePolicy) -> list[Image.Image]:
     got = read_source(source, policy)
     if isinstance(got, bytes) and is_pdf(got):
         return [_prepare(page, policy) for page in render_pdf(got, policy.pdf_limits())]
-    return [_prepare(got, policy) if isinstance(got, Image.Image) else decode_bytes(got, policy)]
+    return [_decode(got, policy)]
 
 
 def read_source(source, policy: ImagePolicy) -> Image.Image | bytes:

@@ -45,6 +45,18 @@ def page_count(data: bytes) -> int:
         return len(document)
 
 
+def check_pages(count: int, max_pages: int) -> None:
+    """The per-document page limit (and no empty documents), before anything is rendered."""
+    if count == 0:
+        raise ImageError("The PDF has no pages.", code="invalid_pdf")
+    if count > max_pages:
+        raise ImageError(
+            f"The PDF has {count:,} pages; at most {max_pages} are read per document "
+            "(GLMFLASH_MAX_PDF_PAGES): send the pages you need.",
+            code="too_many_pages",
+        )
+
+
 def plan(data: bytes, limits: PdfLimits) -> list[dict]:
     """What reading the document costs, before any page is rendered: per page its rendered size
     and the visual tokens the model spends on it (from the page size and the pixel budget)."""
@@ -73,18 +85,12 @@ def render_pdf(data: bytes, limits: PdfLimits, pages: list[int] | None = None) -
     started = time.monotonic()
     with _LOCK, _opened(data) as document:
         count = len(document)
-        if count == 0:
-            raise ImageError("The PDF has no pages.", code="invalid_pdf")
+        check_pages(count, limits.max_pages)
         chosen = pages or list(range(1, count + 1))
         outside = [p for p in chosen if not 1 <= p <= count]
         if outside:
             raise ImageError(f"The PDF has {count} pages; there is no page {outside[0]}.", code="invalid_pdf")
-        if len(chosen) > limits.max_pages:
-            raise ImageError(
-                f"The PDF has {len(chosen):,} pages; at most {limits.max_pages} are read per document "
-                "(GLMFLASH_MAX_PDF_PAGES): send the pages you need.",
-                code="too_many_pages",
-            )
+        check_pages(len(chosen), limits.max_pages)
         out = []
         for number in chosen:
             if time.monotonic() - started > limits.timeout_s:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import GlmflashError, ImageError, InvalidRequestError
 from ..inputs.images import ImagePolicy
-from ..inputs.pdf import is_pdf, page_count, render_pdf
+from ..inputs.pdf import check_pages, is_pdf, page_count, render_pdf
 from ..text.structured import TruncatedOutputError
 from .tasks import Task
 
@@ -222,13 +222,7 @@ def run_job(
 
 def _pages(data: bytes, policy: ImagePolicy) -> int:
     count = page_count(data)
-    if count == 0:
-        raise ImageError("The PDF has no pages.")
-    if count > policy.max_pdf_pages:
-        raise ImageError(
-            f"The PDF has {count:,} pages; at most {policy.max_pdf_pages} are read per document "
-            "(GLMFLASH_MAX_PDF_PAGES)."
-        )
+    check_pages(count, policy.max_pdf_pages)
     return count
 
 

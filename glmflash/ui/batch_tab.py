@@ -14,6 +14,7 @@ from ..errors import GlmflashError
 from ..jobs.runner import Summary, default_errors_path, export_csv, run_job
 from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, load_task, preset_titles
 from .background import Background, StopSwitches
+from .documents import upload_path
 from .labels import labels
 
 POLL_S = 0.5  # how often the page hears about a running job
@@ -62,7 +63,7 @@ def build_batch_tab(engine, settings) -> None:
             )
 
     def run_batch(uploads, name, lang, what, request: gr.Request):
-        paths = [Path(_path(f)) for f in uploads or []]
+        paths = [Path(upload_path(f)) for f in uploads or []]
         if not paths:
             gr.Warning(t["batch_no_files"])
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -244,7 +245,3 @@ def _seconds(record: dict) -> str:
 def _plain(message: str) -> str:
     """Drop the "messages[0].content[0]: " prefix: the page sent the message, not the person."""
     return message.split(": ", 1)[1] if message.startswith("messages[") and ": " in message else message
-
-
-def _path(file) -> str:
-    return str(file.get("path")) if isinstance(file, dict) else str(file)

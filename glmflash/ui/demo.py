@@ -14,7 +14,7 @@ from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
-from .documents import chosen, preview
+from .documents import chosen, preview, upload_path
 from .eval_tab import build_eval_tab
 from .examples import EXAMPLES, FOLDER
 from .labels import labels
@@ -57,7 +57,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         stops[request.session_hash or ""] = stop
-        shown = chat + [{"role": "user", "content": {"path": _path(f)}} for f in files]
+        shown = chat + [{"role": "user", "content": {"path": upload_path(f)}} for f in files]
         shown = [*shown, {"role": "user", "content": text or " "}]
         answer, reasoning, final = "", "", None
         engine.reset_peak_memory()
@@ -195,7 +195,7 @@ def build_demo(engine, settings) -> gr.Blocks:
 
 def _read_upload(file, policy: ImagePolicy) -> bytes:
     """An uploaded file's bytes (refused by size before reading); the engine decodes and checks them."""
-    path = Path(_path(file))
+    path = Path(upload_path(file))
     size = path.stat().st_size
     if size > policy.max_bytes:
         raise ImageError(
@@ -207,10 +207,6 @@ def _read_upload(file, policy: ImagePolicy) -> bytes:
 def _plain(message: str) -> str:
     """Drop the "messages[0].content[1]: " prefix that means nothing to a person on the page."""
     return message.split(": ", 1)[1] if message.startswith("messages[") and ": " in message else message
-
-
-def _path(file) -> str:
-    return str(file.get("path")) if isinstance(file, dict) else str(file)
 
 
 def _chat(shown, reasoning, answer, t, *, pending: bool):
@@ -294,7 +290,7 @@ def _generation(values: dict) -> dict:
 
 def _api_call(files, text, system, gen: dict, settings) -> str:
     """The curl and openai-client request that reproduces this turn against /v1/chat/completions."""
-    names = [Path(_path(f)).name for f in files]
+    names = [Path(upload_path(f)).name for f in files]
     content = [
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,<base64 of {n}>"}} for n in names
     ]

@@ -49,7 +49,7 @@ def chosen(data: bytes, spec: str, policy: ImagePolicy) -> list[bytes]:
 
 def preview(message, shown, policy: ImagePolicy, t):
     """The attached PDFs' pages as thumbnails (only when the attachments changed)."""
-    paths = [Path(_path(f)) for f in (message or {}).get("files") or []]
+    paths = [Path(upload_path(f)) for f in (message or {}).get("files") or []]
     pdfs = [p for p in paths if p.suffix.lower() == ".pdf"]
     key = [str(p) for p in pdfs]
     if key == shown:
@@ -76,5 +76,6 @@ def preview(message, shown, policy: ImagePolicy, t):
     )
 
 
-def _path(file) -> str:
+def upload_path(file) -> str:
+    """A Gradio upload's path on the server (a dict with "path", or the path itself)."""
     return str(file.get("path")) if isinstance(file, dict) else str(file)

@@ -21,6 +21,7 @@ from ..evaluate.score import label_choices, label_fields
 from ..jobs.runner import Summary
 from ..jobs.tasks import PRESETS, load_task, preset_titles
 from .background import Background, StopSwitches
+from .documents import upload_path
 from .labels import labels
 
 POLL_S = 0.5
@@ -66,7 +67,7 @@ def build_eval_tab(engine, settings) -> None:
         run_: _Run | None = None
         try:
             try:
-                data_path = _gather([_path(f) for f in uploads or []], folder / "data")
+                data_path = _gather([upload_path(f) for f in uploads or []], folder / "data")
                 task = load_task(name)
                 field = label_fields(task.schema)[0]
                 data = load_labelled(data_path, labels=label_choices(task.schema, field))
@@ -223,7 +224,3 @@ def _unzip(path: Path, folder: Path) -> None:
                     shutil.copyfileobj(source, out)
     except zipfile.BadZipFile:
         raise InvalidRequestError(f"{path.name} is not a readable zip file.") from None
-
-
-def _path(file) -> str:
-    return str(file.get("path")) if isinstance(file, dict) else str(file)
