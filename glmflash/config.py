@@ -3,7 +3,7 @@
 - `ModelSettings`: what runs and where (checkpoint or backend URL, precision, device, compile).
 - `RequestLimits`: the one source of truth for what a single request may ask for and send; both
   engines check it in pipeline.prepare, the page and the server read their bounds from it.
-- `BatchSettings`: how the local engine groups concurrent requests.
+- `BatchSettings`: how the local engine shares the model between concurrent requests.
 - `ServerSettings`: the HTTP server and the page (address, access control, queue, audit log).
 
 An engine holds `EngineSettings` (model, limits, batching) and never the server's part, so nothing
@@ -66,10 +66,14 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How the local engine groups concurrent requests."""
+    """How the local engine shares the model between concurrent requests."""
 
-    max_batch_size: int = 8  # concurrent requests generated together (1: one at a time)
-    batch_wait_ms: float = 30.0  # the most a batch waits for requests on their way (busy times only)
+    max_batch_size: int = 8  # requests decoded together, each joining at the next token (1: one at a time)
+    scheduler: str = "auto"  # token: rows join/leave per token | static: whole batches | auto
+    # auto: token, or static with GLMFLASH_COMPILE (CUDA graphs replay its fixed shapes)
+    batch_wait_ms: float = 30.0  # static scheduler only: the most a static batch waits for company
+    kv_cache_mb: int = 0  # KV cache budget for all rows; 0: 40% of free GPU memory / 25% of free RAM
+    prefill_chunk: int = 2048  # prompt tokens prefilled between two decode steps of the running rows
 
 
 @dataclass(frozen=True)

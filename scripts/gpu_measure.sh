@@ -24,7 +24,9 @@ fi
   python3 -m pip list 2>/dev/null | grep -iE '^(bitsandbytes|torchao|accelerate) '
 } 2>&1 | tee "$out/machine.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log"
-variants=${VARIANTS:-bf16,int4,int8,bf16+compile,int8+torchao+compile}
+# bf16 with per-token scheduling and with the static batcher (+static) at 16 callers: issue 20's
+# images/s and p95 side by side in one run
+variants=${VARIANTS:-bf16,bf16+static,int4,int8,bf16+compile,int8+torchao+compile}
 timeout -s INT -k 30 "${BENCH_SECONDS:-480}" python3 -m glmflash bench --arch-only --precisions "$variants" \
-  --json "$out/arch.json" 2>&1 | tee "$out/bench.log"
+  --concurrency 1,16 --json "$out/arch.json" 2>&1 | tee "$out/bench.log"
 echo "bench exit status: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"

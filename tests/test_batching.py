@@ -1,5 +1,7 @@
-"""Dynamic batching with the real tiny model: same greedy tokens as one at a time, rows that end
-(or are cancelled) alone, size and wait bounds, JSON rows beside free ones, sampling kept apart."""
+"""Batching with the real tiny model: same greedy tokens as one at a time on both schedulers; the
+static batcher's own rules (compiled decoding uses it): rows that end (or are cancelled) alone,
+size and wait bounds, sampling settings kept apart, callers in a loop gathered again. The token
+scheduler's own rules are in test_scheduler.py."""
 
 from __future__ import annotations
 
@@ -62,10 +64,11 @@ def concurrently(engine, requests, **options):
     return replies
 
 
-def test_batched_greedy_output_is_identical_to_one_at_a_time(engine):
-    alone = engine_batching(engine, max_batch_size=1)
+@pytest.mark.parametrize("scheduler", ["token", "static"])
+def test_batched_greedy_output_is_identical_to_one_at_a_time(engine, scheduler):
+    alone = engine_batching(engine, max_batch_size=1, scheduler=scheduler)
     expected = [alone.chat(m, max_new_tokens=n, temperature=0, thinking=False) for m, n in MIXED]
-    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=200)
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=200, scheduler=scheduler)
     replies = concurrently(batched, MIXED)
     assert max(batched._batch.sizes) > 1  # they really shared batches
     for want, got in zip(expected, replies, strict=True):
@@ -74,7 +77,7 @@ def test_batched_greedy_output_is_identical_to_one_at_a_time(engine):
 
 
 def test_a_short_or_cancelled_row_ends_alone(engine):
-    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200)
+    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200, scheduler="static")
     long_options = {"max_new_tokens": 400, "min_new_tokens": 400, "temperature": 0, "thinking": False}
     results, ended = {}, {}
     cancel = threading.Event()
@@ -109,26 +112,27 @@ def test_a_short_or_cancelled_row_ends_alone(engine):
     assert results["long"].usage.completion_tokens == 400
 
 
-def test_the_batcher_keeps_its_size_and_wait_bounds(engine):
-    batched = engine_batching(engine, max_batch_size=3, batch_wait_ms=40)
+def test_the_static_batcher_keeps_its_size_and_wait_bounds(engine):
+    batched = engine_batching(engine, max_batch_size=3, batch_wait_ms=40, scheduler="static")
     replies = concurrently(batched, [(user(f"question {i}"), 4) for i in range(11)])
     assert all(r.usage.completion_tokens == 4 for r in replies)
     assert sum(batched._batch.sizes) == 11 and max(batched._batch.sizes) <= 3
     assert max(batched._batch.waits) < 0.040 + 0.05  # the bound, plus scheduling slack
-    single = engine_batching(engine, max_batch_size=3, batch_wait_ms=40)
+    single = engine_batching(engine, max_batch_size=3, batch_wait_ms=40, scheduler="static")
     start = time.monotonic()
     single.chat(user("alone"), max_new_tokens=1)
     assert single._batch.sizes == [1] and time.monotonic() - start < 2.0
 
 
-def test_json_rows_and_free_rows_share_a_batch(engine):
+@pytest.mark.parametrize("scheduler", ["token", "static"])
+def test_json_rows_and_free_rows_share_a_batch(engine, scheduler):
     schema = {
         "type": "object",
         "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
         "required": ["ok", "n"],
         "additionalProperties": False,
     }
-    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200)
+    batched = engine_batching(engine, max_batch_size=4, batch_wait_ms=200, scheduler=scheduler)
     fmt = {"type": "json_schema", "json_schema": {"name": "small", "schema": schema}}
     batched.chat(
         user("warm"), response_format=fmt, max_new_tokens=60, thinking=False
@@ -146,14 +150,14 @@ def test_json_rows_and_free_rows_share_a_batch(engine):
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert batched._batch.sizes[1:] == [3]
+    assert max(batched._batch.sizes[1:]) == 3  # they did decode together
     for reply in replies[:2]:
         assert set(json.loads(reply.text)) == {"ok", "n"} and reply.parsed == json.loads(reply.text)
     assert replies[2].parsed is None
 
 
-def test_different_sampling_settings_are_not_batched_together(engine):
-    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=100)
+def test_the_static_batcher_keeps_different_sampling_settings_apart(engine):
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=100, scheduler="static")
     requests = [(user("a"), 3), (user("b"), 3)]
     replies = [None, None]
 
@@ -168,9 +172,10 @@ def test_different_sampling_settings_are_not_batched_together(engine):
     assert sorted(batched._batch.sizes) == [1, 1] and all(r.usage.completion_tokens == 3 for r in replies)
 
 
+@pytest.mark.parametrize("scheduler", ["token", "static"])
 @pytest.mark.parametrize("size", [1, 8])
-def test_a_seeded_sampled_answer_repeats(engine, size):
-    batched = engine_batching(engine, max_batch_size=size)
+def test_a_seeded_sampled_answer_repeats(engine, size, scheduler):
+    batched = engine_batching(engine, max_batch_size=size, scheduler=scheduler)
     first, second = (
         batched.chat(
             user(picture(32, 32, 9), "hi"), max_new_tokens=12, temperature=0.9, seed=42, thinking=False
@@ -203,7 +208,7 @@ def test_bench_writes_json_that_the_cost_calculator_reads(tmp_path, cache_dir):
 def test_callers_in_a_loop_are_gathered_into_one_batch_again(engine):
     """Two half batches (5 running, 3 that came meanwhile) merge when the 5 come back a little
     later, as clients in a loop do (a batch job, a load test), instead of alternating for ever."""
-    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=400)
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=400, scheduler="static")
     first_round = threading.Barrier(5)
 
     def looping(i):
@@ -230,7 +235,7 @@ def test_callers_in_a_loop_are_gathered_into_one_batch_again(engine):
 
 def test_one_caller_in_a_loop_never_waits_for_company(engine):
     """Its next request comes while its last batch is still finishing: that is not new demand."""
-    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=300)
+    batched = engine_batching(engine, max_batch_size=8, batch_wait_ms=300, scheduler="static")
     for i in range(8):
         batched.chat(user(f"question {i}"), max_new_tokens=5, temperature=0)
     seeded = {"temperature": 0.7, "seed": 1}  # a seeded sampled request batches with nothing

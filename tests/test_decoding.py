@@ -140,9 +140,11 @@ def test_quantizer_choices_are_clear_errors(cache_dir, monkeypatch):
 
 
 def test_bench_variants():
-    assert parse_variant("bf16") == {"precision": "bf16", "compile": False, "quantizer": "bitsandbytes"}
-    fast_int8 = {"precision": "int8", "compile": True, "quantizer": "torchao"}
+    plain = {"precision": "bf16", "compile": False, "quantizer": "bitsandbytes", "scheduler": "auto"}
+    assert parse_variant("bf16") == plain
+    fast_int8 = {"precision": "int8", "compile": True, "quantizer": "torchao", "scheduler": "auto"}
     assert parse_variant("int8+torchao+compile") == fast_int8
+    assert parse_variant("bf16+static") == {**plain, "scheduler": "static"}
     with pytest.raises(InvalidRequestError, match="Unknown variant 'bf16\\+fast'"):
         parse_variant("bf16+fast")
 

@@ -179,7 +179,7 @@ def test_with_a_batch_size_of_one_requests_take_turns(engine):
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(order) == ["a", "b", "c"] and one._batch.sizes == [1, 1, 1]
+    assert sorted(order) == ["a", "b", "c"] and max(one._batch.sizes) == 1
     one.close()
 
 
@@ -202,10 +202,10 @@ def test_bad_input_raises_before_generation_and_engine_keeps_working(engine):
 
 
 def test_failure_inside_generation_is_a_library_error(engine, monkeypatch):
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(engine.model, "generate", broken)
+    monkeypatch.setattr(engine.model, "forward", broken)
     with pytest.raises(GenerationError, match="kernel exploded"):
         engine.chat([user("hi")], max_new_tokens=2)
     monkeypatch.undo()

@@ -1,5 +1,5 @@
 """GPU-only checks (skipped without CUDA): the same loading path in bf16 and int4 on a real GPU,
-compiled decoding with its CUDA graphs, and torchao int8."""
+compiled decoding with its CUDA graphs, torchao int8, and the token scheduler on CUDA."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def test_torchao_int8_compiled_on_gpu(cache_dir):
     assert engine.compiled and engine.warm_up() > 0
     reply = engine.ask(Image.new("RGB", (224, 224), "red"), "What colour?", max_new_tokens=8, temperature=0)
     assert reply.usage.image_tokens > 0 and reply.usage.completion_tokens >= 1
+
+
+def test_token_scheduler_on_gpu_gives_generates_tokens(cache_dir):
+    """Rows joining a running batch on CUDA (fp32: no rounding between batch shapes) get the
+    tokens of `model.generate` alone; the KV budget comes from the free GPU memory."""
+    from .test_batching import MIXED
+    from .test_scheduler import arriving, generate_tokens
+
+    engine = glmflash.load("tiny", "fp32", "cuda", cache_dir=str(cache_dir))
+    assert engine.per_token and engine.slot_tokens() > 10_000
+    expected = [generate_tokens(engine, messages, tokens) for messages, tokens in MIXED]
+    assert arriving(engine, MIXED, [0, 0.02, 0.01, 0.05, 0.0, 0.1]) == expected
+    assert max(engine._batch.sizes) > 1

@@ -73,7 +73,7 @@ def baseline(engine, requests, tokens: int) -> dict:
 
 def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
     """`concurrency` callers at once, each streaming its answers from the engine."""
-    ttft, rates, lock = [], [], threading.Lock()
+    ttft, rates, latencies, lock = [], [], [], threading.Lock()
     work = list(requests)
 
     def caller():
@@ -82,13 +82,14 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
                 if not work:
                     return
                 messages = work.pop()
-            final = None
+            began, final = time.perf_counter(), None
             for chunk in engine.stream(messages, thinking=False, temperature=0, max_new_tokens=tokens,
                                        min_new_tokens=tokens):  # fmt: skip
                 final = chunk
             with lock:
                 ttft.append(final.timings.ttft_s)
                 rates.append(final.timings.tokens_per_s)
+                latencies.append(time.perf_counter() - began)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=caller) for _ in range(concurrency)]
@@ -102,6 +103,7 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
         "ttft_s": statistics.median(ttft),
         "decode_tokens_per_s": statistics.median(rates),
         "images_per_s": len(requests) / wall,
+        "p95_s": sorted(latencies)[min(len(latencies) - 1, int(0.95 * len(latencies)))],
     }
 
 
@@ -135,6 +137,7 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "device_name": device_name(engine.info.device),
         "precision": engine.info.precision,
         "max_batch_size": engine.settings.batching.max_batch_size,
+        "scheduler": "token" if getattr(engine, "per_token", False) else "static",
         "compiled": engine.info.compiled,
         "quantizer": engine.info.quantizer,
         "workload": {
@@ -157,13 +160,14 @@ def table(result: dict) -> str:
     lines = [
         f"{result['model']} {result['precision']}{_how(result)} on {result['device_name']}; "
         f"{w['image']} image, {w['answer_tokens']} answer tokens, max batch {result['max_batch_size']}",
-        f"{'':>22}{'TTFT ms':>10}{'decode tok/s':>14}{'images/s':>10}{'x baseline':>12}",
+        f"{'':>22}{'TTFT ms':>10}{'decode tok/s':>14}{'images/s':>10}{'x baseline':>12}{'p95 s':>8}",
         f"{'model.generate, 1 by 1':>22}{b['ttft_s'] * 1000:>10.1f}{b['decode_tokens_per_s']:>14.1f}"
         f"{b['images_per_s']:>10.2f}{1:>12.2f}",
     ]
     for lv in result["levels"]:
         lines.append(f"{'engine, ' + str(lv['concurrency']) + ' at once':>22}{lv['ttft_s'] * 1000:>10.1f}"
-                     f"{lv['decode_tokens_per_s']:>14.1f}{lv['images_per_s']:>10.2f}{lv['images_per_s_ratio']:>12.2f}")  # fmt: skip  # noqa: E501
+                     f"{lv['decode_tokens_per_s']:>14.1f}{lv['images_per_s']:>10.2f}{lv['images_per_s_ratio']:>12.2f}"
+                     f"{lv['p95_s']:>8.2f}")  # fmt: skip
     one, most = result["peak_memory_one_image_bytes"] / 2**30, result["peak_memory_bytes"] / 2**30
     lines.append(f"peak memory: {one:.2f} GiB one image at a time, {most:.2f} GiB in all "
                  f"({result['peak_memory_kind']})")  # fmt: skip
@@ -175,6 +179,8 @@ def _how(result: dict) -> str:
     parts = [result["quantizer"]] if result["precision"] in ("int8", "int4") else []
     if result.get("compiled"):
         parts.append("compiled")
+    if result.get("scheduler") == "static":
+        parts.append("static batches")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -265,7 +271,7 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-VARIANT_FLAGS = ("compile", "torchao")
+VARIANT_FLAGS = ("compile", "torchao", "static")
 
 
 def parse_variant(variant: str) -> dict:
@@ -276,13 +282,15 @@ def parse_variant(variant: str) -> dict:
         from ..errors import InvalidRequestError
 
         raise InvalidRequestError(
-            f"Unknown variant {variant!r}: a precision, then optionally +compile and/or +torchao "
-            "(e.g. bf16+compile, int8+torchao+compile)."
+            f"Unknown variant {variant!r}: a precision, then optionally +compile, +torchao and/or "
+            "+static (the static batcher instead of per-token scheduling), e.g. bf16+compile, "
+            "int8+torchao+compile, bf16+static."
         )
     return {
         "precision": precision,
         "compile": "compile" in flags,
         "quantizer": "torchao" if "torchao" in flags else "bitsandbytes",
+        "scheduler": "static" if "static" in flags else "auto",
     }
 
 

@@ -1,4 +1,5 @@
-"""The local engine: loading the model (load.py), the batcher that alone calls `model.generate`
-(batcher.py), compiled decoding (decoding.py) and grammar masks (grammar.py). Importing this
-package imports no torch; its modules do.
+"""The local engine: loading the model (load.py), the decode loop where requests join and leave
+per token (scheduler.py, with prefill.py and rows.py), static batches for compiled decoding
+(batcher.py, decoding.py) and grammar masks (grammar.py). Importing this package imports no
+torch; its modules do.
 """

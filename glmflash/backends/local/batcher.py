@@ -1,4 +1,6 @@
-"""Dynamic batching: concurrent requests share one batched `model.generate` (its only caller).
+"""Static batching for compiled decoding: concurrent requests share one batched `model.generate`
+(its only caller), over a static cache whose shapes CUDA graphs replay. Without GLMFLASH_COMPILE
+the per-token scheduler (scheduler.py) runs instead.
 
 One worker thread takes the oldest waiting request, waits up to `max_wait_s` for requests that
 are already on their way (still decoding their images; those with the same sampling settings
@@ -12,66 +14,21 @@ Requests that arrive during a batch wait for the next one (no continuous batchin
 from __future__ import annotations
 
 import atexit
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .decoding import CacheKeeper, cache_tokens, is_compiled
+from .prefill import collate
+from .rows import Row, RowRequest, read, remember
 
-_END = object()
-COALESCE_S = 0.02  # after a token, a reader looks again at most this often
-HISTORY = 1000  # batch sizes and waits kept for tests and inspection
 STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
-
-
-@dataclass(eq=False)
-class RowRequest:
-    """What one request asks of a batch. `group`: rows with equal groups may share a batch (every
-    batch-wide setting alike: options.GenerationOptions.batch_key); the rest is per row."""
-
-    inputs: object  # its model inputs (batch dimension 1), or a function that makes them
-    config: object  # its GenerationConfig
-    group: tuple
-    stops: tuple[threading.Event, ...]  # any of them set: the row ends (a cancel, a stop string)
-    seed: int | None = None
-    template: object = None  # its compiled JSON grammar, or None
-    thinking_budget: int | None = None  # thinking tokens before </think> is forced
-    thinking_open: bool = False  # the prompt itself opened <think>
-
-
-@dataclass(eq=False)
-class _Row(RowRequest):
-    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    gone: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
-    over: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
-    count: int = 0
-    ended: bool = False
-    queued: float = field(default_factory=time.monotonic)  # when it reached the batcher
-    ended_at: float = 0.0  # when it ended (0: not yet)
-
-    @property
-    def key(self):
-        """Rows batch together only when their groups are equal; a seeded sampled row runs alone."""
-        if self.config.do_sample and self.seed is not None:
-            return id(self)
-        return self.group
-
-    def end(self) -> None:
-        if not self.ended:
-            self.ended_at = time.monotonic()
-        self.ended = True
-        self.tokens.put(_END)
-        self.over.set()
-
-    def finished(self) -> bool:
-        return self.ended or self.gone.is_set() or any(stop.is_set() for stop in self.stops)
 
 
 class Batcher:
@@ -98,7 +55,7 @@ class Batcher:
         self.callers = callers  # () -> requests called but not yet queued here: worth waiting for
         self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
         self.constraints = constraints  # () -> structured.Constraints, made on first use
-        self.waiting: deque[_Row] = deque()
+        self.waiting: deque[Row] = deque()
         self.ready = threading.Condition()
         self.sizes: list[int] = []  # recent batches' sizes, oldest first (HISTORY at most)
         self.waits: list[float] = []  # how long each of those waited for company
@@ -129,7 +86,7 @@ class Batcher:
     def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
         """Queue one request (its inputs may be a function that makes them on the batcher's
         thread); yield (token id, time) as its row produces them."""
-        row = _Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
+        row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
         with self.ready:
             if self._closed:
                 raise RuntimeError("This engine was closed.")
@@ -137,19 +94,7 @@ class Batcher:
             if on_queued is not None:
                 on_queued()
             self.ready.notify()
-        try:
-            while True:
-                for item in drain(row.tokens, _END):
-                    if item is _END:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-                # Let tokens gather before waking again: eight readers waking on every token
-                # take the cores the batch needs.
-                row.over.wait(COALESCE_S)
-        finally:
-            row.gone.set()
+        return read(row)
 
     # -- the worker ---------------------------------------------------------------------------
 
@@ -170,7 +115,7 @@ class Batcher:
                     row.end()
                 self._remember_demand(rows)
 
-    def _remember_demand(self, rows: list[_Row]) -> None:
+    def _remember_demand(self, rows: list[Row]) -> None:
         """The demand this batch saw: its rows, and rows that could have joined it and came while
         it ran, before any of its own rows ended (a caller that got its answer and asked again
         is not new demand). Callers in a loop (a batch job, a load test) come back together;
@@ -181,7 +126,7 @@ class Batcher:
         self._last_size = min(self.max_batch_size, len(rows) + came)
         self._last_key, self._last_end = rows[0].key, time.monotonic()
 
-    def _collect(self) -> list[_Row] | None:
+    def _collect(self) -> list[Row] | None:
         with self.ready:
             while not self.waiting and not self._closed:
                 self.ready.wait()
@@ -192,7 +137,7 @@ class Batcher:
             first = self.waiting.popleft()
             self.preparing = True
         try:  # its inputs, when the batcher makes them: outside the lock, so others can queue meanwhile
-            if not _made(first):
+            if not first.made():
                 return []
         finally:
             self.preparing = False
@@ -209,31 +154,31 @@ class Batcher:
                 if len(rows) >= expected or left <= 0:
                     break
                 self.ready.wait(left)
-        _remember(self.waits, time.monotonic() - started)
+        remember(self.waits, time.monotonic() - started)
         return rows
 
-    def _take(self, key, room: int) -> list[_Row]:
+    def _take(self, key, room: int) -> list[Row]:
         taken = [row for row in self.waiting if row.key == key][:room]
         for row in taken:
             self.waiting.remove(row)
         return taken
 
-    def _generate(self, rows: list[_Row]) -> None:
-        rows = [row for row in rows if not row.finished() and _made(row)]  # cancelled: no prefill
+    def _generate(self, rows: list[Row]) -> None:
+        rows = [row for row in rows if not row.finished() and row.made()]  # cancelled: no prefill
         if not rows:
             return
-        _remember(self.sizes, len(rows))
+        remember(self.sizes, len(rows))
         config = _batch_config(rows)
-        inputs = dict(_collate([row.inputs for row in rows], self.pad_id))
+        inputs = dict(collate([row.inputs for row in rows], self.pad_id))
         compiled = is_compiled(config)
         if compiled:  # a static cache: round its length up to a bucket (fewer compilations)
             width = inputs["input_ids"].shape[1]
             length = cache_tokens(width + config.max_new_tokens - 1, self.cache_limit)
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
             config.max_new_tokens = length - width + 1
-        processors = [_RowMinTokens(rows, self.stop_ids)]
+        processors = [RowMinTokens(rows, self.stop_ids)]
         if self.think_ids and any(row.thinking_budget for row in rows):
-            processors.append(_RowThinkingBudget(rows, *self.think_ids))
+            processors.append(RowThinkingBudget(rows, *self.think_ids))
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
             from .grammar import JsonLogitsProcessor
@@ -251,77 +196,25 @@ class Batcher:
                     generation_config=config,
                     streamer=_Fanout(rows, self.stop_ids),
                     logits_processor=LogitsProcessorList(processors),
-                    stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
+                    stopping_criteria=StoppingCriteriaList([RowsDone(rows)]),
                 )
         finally:
             self.generating = False
 
 
-def _made(row: _Row) -> bool:
-    """Make a row's model inputs here when it brought a function for them (torch's CPU worker
-    pool belongs to the thread that uses it: one thread for the processor and the model is
-    faster on a small machine); a row whose inputs fail gets the error and is left out."""
-    if callable(row.inputs):
-        try:
-            row.inputs = row.inputs()
-        except BaseException as exc:  # the caller's error (e.g. context too long), not the batch's
-            row.tokens.put(exc)
-            row.end()
-            return False
-    return True
-
-
-def drain(tokens: queue.SimpleQueue, end) -> list:
-    """Block for one item, then take whatever else is there, stopping after `end`."""
-    items = [tokens.get()]
-    while items[-1] is not end:
-        try:
-            items.append(tokens.get_nowait())
-        except queue.Empty:
-            break
-    return items
-
-
-def _remember(history: list, value) -> None:
-    """Append, keeping only the newest HISTORY values: a server runs for months."""
-    history.append(value)
-    if len(history) > HISTORY:
-        del history[: len(history) - HISTORY]
-
-
-def _batch_config(rows: list[_Row]):
+def _batch_config(rows: list[Row]):
     import copy
 
     config = copy.deepcopy(rows[0].config)
     config.max_new_tokens = max(row.config.max_new_tokens for row in rows)
-    config.min_new_tokens = None  # per row, by _RowMinTokens
+    config.min_new_tokens = None  # per row, by RowMinTokens
     return config
-
-
-def _collate(inputs: list[dict], pad_id: int) -> dict:
-    """Left-pad the token rows to one length; stack the images of all rows in order."""
-    if len(inputs) == 1:
-        return inputs[0]
-    width = max(x["input_ids"].shape[1] for x in inputs)
-    batch = {}
-    for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
-        if name not in inputs[0]:
-            continue
-        fill = pad_id if name == "input_ids" else 0
-        batch[name] = torch.cat(
-            [torch.nn.functional.pad(x[name], (width - x[name].shape[1], 0), value=fill) for x in inputs]
-        )
-    for name in ("pixel_values", "image_grid_thw"):
-        parts = [x[name] for x in inputs if name in x]
-        if parts:
-            batch[name] = torch.cat(parts)
-    return batch
 
 
 class _Fanout(BaseStreamer):
     """Each step's tokens, one per row, go to that row's caller until the row has ended."""
 
-    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+    def __init__(self, rows: list[Row], stop_ids: set[int]):
         self.rows, self.stop_ids = rows, stop_ids
         self.prompt_seen = False
 
@@ -331,24 +224,17 @@ class _Fanout(BaseStreamer):
             return
         now = time.perf_counter()
         for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
-            if row.ended:
-                continue
-            if row.finished():  # cancelled: its caller is answered now, within a token
-                row.end()
-                continue
-            row.count += 1
-            row.tokens.put((token, now))
-            if token in self.stop_ids or row.count >= row.config.max_new_tokens:
-                row.end()  # this caller is answered now; the batch goes on
+            if not row.ended:  # an ended row's caller was answered; the batch goes on
+                row.emit(token, now, self.stop_ids)
 
     def end(self):
         pass
 
 
-class _RowsDone(StoppingCriteria):
+class RowsDone(StoppingCriteria):
     """Per row: done when it has ended or was cancelled; generation stops when all are."""
 
-    def __init__(self, rows: list[_Row]):
+    def __init__(self, rows: list[Row]):
         self.rows = rows
 
     def __call__(self, input_ids, scores, **kwargs):
@@ -356,10 +242,10 @@ class _RowsDone(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-class _RowMinTokens(LogitsProcessor):
+class RowMinTokens(LogitsProcessor):
     """min_new_tokens per row: its stop tokens are masked until it has that many."""
 
-    def __init__(self, rows: list[_Row], stop_ids: set[int]):
+    def __init__(self, rows: list[Row], stop_ids: set[int]):
         self.rows, self.stop_ids = rows, sorted(stop_ids)
         self.step = 0
 
@@ -373,11 +259,11 @@ class _RowMinTokens(LogitsProcessor):
         return scores
 
 
-class _RowThinkingBudget(LogitsProcessor):
+class RowThinkingBudget(LogitsProcessor):
     """thinking_budget per row: once a row has written that many tokens inside <think>, only
     </think> may come next, and the model goes on to its answer."""
 
-    def __init__(self, rows: list[_Row], open_id: int, close_id: int):
+    def __init__(self, rows: list[Row], open_id: int, close_id: int):
         self.rows, self.open_id, self.close_id = rows, open_id, close_id
         self.thinking = [row.thinking_open for row in rows]
         self.spent = [0] * len(rows)

@@ -1,8 +1,9 @@
 """Engine: the engine contract (contract.EngineBase) over a transformers model on this machine.
 
 Every request goes through one path: checked and rendered here (pipeline.prepare), then generated
-by the batcher (batcher.py, the only caller of `model.generate`; a lone request is a batch of one
-that starts at once), its tokens detokenised and split into reasoning and answer (text/stage.py),
+by the scheduler (scheduler.py: the engine's own decode loop, where a request joins the running
+rows at the next token and leaves when it ends; with compiled decoding the static batcher,
+batcher.py, instead), its tokens detokenised and split into reasoning and answer (text/stage.py),
 and closed with usage and timings (pipeline.closing).
 """
 
@@ -27,9 +28,11 @@ from ...pipeline import Clock, Request, closing, prepare
 from ...replies import Chunk, EngineInfo, Memory, Timings, Usage
 from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from ...text.thinking import THINK_CLOSE, THINK_OPEN
-from .batcher import Batcher, RowRequest
+from .batcher import Batcher
 from .decoding import compiled_config
 from .load import stop_token_ids
+from .rows import RowRequest
+from .scheduler import Scheduler, slot_tokens
 
 log = logging.getLogger("glmflash")
 
@@ -46,7 +49,8 @@ class Engine(EngineBase):
         self.image_policy = ImagePolicy.from_limits(settings.limits)
         self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
         self._json = None  # grammar.Constraints, made when JSON output is first asked for
-        self._batch: Batcher | None = None
+        self._batch: Batcher | Scheduler | None = None
+        self._slot_tokens: int | None = None  # what one request may hold in the KV cache
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         self.stop_ids = stop_token_ids(model, self.tokenizer)
         self.image_token_id = model.config.image_token_id
@@ -63,6 +67,16 @@ class Engine(EngineBase):
                 "use GLMFLASH_QUANTIZER=torchao).",
                 type(quantizer).__name__,
             )
+        scheduler = settings.batching.scheduler
+        if scheduler not in ("auto", "token", "static"):
+            raise InvalidRequestError(
+                f"GLMFLASH_SCHEDULER={scheduler!r}: choose auto, token or static.", param="scheduler"
+            )
+        # the token scheduler decodes eager; compiled graphs need the static batcher's fixed shapes
+        self.per_token = scheduler == "token" or (scheduler == "auto" and not self.compiled)
+        if self.per_token and self.compiled:
+            log.warning("GLMFLASH_COMPILE is ignored: the token scheduler decodes eager.")
+            self.compiled = False
         quantized = info.precision in ("int8", "int4")
         self.info = dataclasses.replace(
             info, compiled=self.compiled, quantizer=settings.model.quantizer if quantized else ""
@@ -212,6 +226,17 @@ class Engine(EngineBase):
                 param="messages",
                 code="context_length_exceeded",
             )
+        if self.per_token and prompt_tokens + max_new_tokens > self.slot_tokens():
+            slots = max(1, self.settings.batching.max_batch_size)
+            raise InvalidRequestError(
+                f"This server's KV cache keeps at most {self.slot_tokens()} tokens per request "
+                f"({slots} at once), but this one needs {prompt_tokens + max_new_tokens} "
+                f"({prompt_tokens} in the messages and images, {max_new_tokens} for the answer). "
+                "Send fewer or smaller images or a lower max_tokens; an operator can raise "
+                "GLMFLASH_KV_CACHE_MB or lower GLMFLASH_MAX_BATCH_SIZE.",
+                param="messages",
+                code="kv_cache_exceeded",
+            )
 
     # -- the streaming loop -----------------------------------------------------------------
 
@@ -224,16 +249,28 @@ class Engine(EngineBase):
                 self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
             return self._json
 
-    def _batcher(self) -> Batcher:
-        """The batcher, started on first use: it runs every generation (compiled graphs, too, must
-        all run on one thread); with max_batch_size 1 it runs them one at a time."""
+    def _batcher(self) -> Batcher | Scheduler:
+        """The scheduler, started on first use: it runs every generation on its one thread (compiled
+        graphs, too, must all run on one thread); with max_batch_size 1 one at a time."""
         with self._setup_lock:
-            if self._batch is None:
-                pad = self.tokenizer.pad_token_id
+            pad = self.tokenizer.pad_token_id
+            pad = pad if pad is not None else min(self.stop_ids)
+            if self._batch is None and self.per_token:
+                self._batch = Scheduler(
+                    self.model,
+                    self.stop_ids,
+                    pad,
+                    slots=max(1, self.settings.batching.max_batch_size),
+                    slot_tokens=self.slot_tokens(),
+                    prefill_chunk=self.settings.batching.prefill_chunk,
+                    constraints=self._constraints,
+                    think_ids=self._think_ids(),
+                )
+            elif self._batch is None:
                 self._batch = Batcher(
                     self.model,
                     self.stop_ids,
-                    pad if pad is not None else min(self.stop_ids),
+                    pad,
                     max_batch_size=max(1, self.settings.batching.max_batch_size),
                     max_wait_s=self.settings.batching.batch_wait_ms / 1000,
                     constraints=lambda: self._json,
@@ -242,6 +279,15 @@ class Engine(EngineBase):
                     think_ids=self._think_ids(),
                 )
             return self._batch
+
+    def slot_tokens(self) -> int:
+        """Tokens (prompt and answer) one request may keep in the KV cache: the budget
+        (GLMFLASH_KV_CACHE_MB, or a share of the memory free when first asked) over the slots."""
+        if self._slot_tokens is None:
+            batching = self.settings.batching
+            slots, budget = batching.max_batch_size, batching.kv_cache_mb
+            self._slot_tokens = slot_tokens(self.model, self.info.device, slots, budget, self.context_tokens)
+        return self._slot_tokens
 
     def _think_ids(self) -> tuple[int, int] | None:
         """The ids of <think> and </think> when each is one token (thinking budgets need them)."""

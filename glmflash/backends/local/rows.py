@@ -1,0 +1,239 @@
+"""One request's row as the generation thread sees it, for both schedulers (scheduler.py, the
+per-token one; batcher.py, the compiled one): what it asks (RowRequest), the queue its tokens go
+to its caller through, and its own token choice (RowSampler: sampling settings, seed, minimum
+length, thinking budget and JSON grammar, each per row).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+END = object()
+COALESCE_S = 0.02  # after a token, a reader looks again at most this often
+HISTORY = 1000  # recent sizes kept for tests and inspection
+
+
+@dataclass(eq=False)
+class RowRequest:
+    """What one request asks. `group`: rows with equal groups may share a static batch (every
+    batch-wide setting alike: options.GenerationOptions.batch_key); the per-token scheduler
+    needs no grouping, every setting is per row there."""
+
+    inputs: Any  # its model inputs (batch dimension 1), or a function that makes them
+    config: Any  # its GenerationConfig
+    group: tuple
+    stops: tuple[threading.Event, ...]  # any of them set: the row ends (a cancel, a stop string)
+    seed: int | None = None
+    template: object = None  # its compiled JSON grammar, or None
+    thinking_budget: int | None = None  # thinking tokens before </think> is forced
+    thinking_open: bool = False  # the prompt itself opened <think>
+
+
+@dataclass(eq=False)
+class Row(RowRequest):
+    tokens: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    gone: threading.Event = field(default_factory=threading.Event)  # the caller stopped reading
+    over: threading.Event = field(default_factory=threading.Event)  # no more tokens will come
+    count: int = 0
+    ended: bool = False
+    queued: float = field(default_factory=time.monotonic)  # when it reached the scheduler
+    ended_at: float = 0.0  # when it ended (0: not yet)
+
+    @property
+    def key(self):
+        """Rows batch together only when their groups are equal; a seeded sampled row runs alone."""
+        if self.config.do_sample and self.seed is not None:
+            return id(self)
+        return self.group
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended_at = time.monotonic()
+        self.ended = True
+        self.tokens.put(END)
+        self.over.set()
+
+    def finished(self) -> bool:
+        return self.ended or self.gone.is_set() or any(stop.is_set() for stop in self.stops)
+
+    def emit(self, token: int, at: float, stop_ids) -> None:
+        """Hand one token to the caller; the row ends on a stop token or its own length."""
+        if self.finished():  # cancelled: its caller is answered now, within a token
+            self.end()
+            return
+        self.count += 1
+        self.tokens.put((token, at))
+        if token in stop_ids or self.count >= self.config.max_new_tokens:
+            self.end()
+
+    def made(self) -> bool:
+        """Make the model inputs here when the row brought a function for them (torch's CPU
+        worker pool belongs to the thread that uses it: one thread for the processor and the
+        model is faster on a small machine); a row whose inputs fail gets the error and ends."""
+        if callable(self.inputs):
+            try:
+                self.inputs = self.inputs()
+            except BaseException as exc:  # the caller's error (e.g. context too long)
+                self.fail(exc)
+                return False
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self.tokens.put(exc)
+        self.end()
+
+
+def read(row: Row) -> Iterator[tuple[int, float]]:
+    """Yield (token id, time) as the row's tokens come; raise the error it was handed."""
+    try:
+        while True:
+            for item in drain(row.tokens, END):
+                if item is END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            # Let tokens gather before waking again: eight readers waking on every token take
+            # the cores the model needs.
+            row.over.wait(COALESCE_S)
+    finally:
+        row.gone.set()
+
+
+def drain(tokens: queue.SimpleQueue, end) -> list:
+    """Block for one item, then take whatever else is there, stopping after `end`."""
+    items = [tokens.get()]
+    while items[-1] is not end:
+        try:
+            items.append(tokens.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
+def remember(history: list, value) -> None:
+    """Append, keeping only the newest HISTORY values: a server runs for months."""
+    history.append(value)
+    if len(history) > HISTORY:
+        del history[: len(history) - HISTORY]
+
+
+class RowSampler:
+    """One row's own token choice: its settings and what it has to remember between steps.
+
+    The order is generate()'s: repetition penalty, the minimum length (stop tokens masked), the
+    thinking budget (only </think> once spent), the JSON grammar, then temperature, top-k and
+    top-p, and a greedy or a sampled pick; a seeded row draws from its own generator, so its
+    answer repeats whatever company it has. `pick` applies them to all rows at once.
+    """
+
+    def __init__(self, row: Row, stop_ids, think_ids, constraints):
+        config = row.config
+        self.min_new = config.min_new_tokens or 0
+        self.sample = bool(config.do_sample)
+        penalty = config.repetition_penalty
+        self.penalty = float(penalty) if penalty not in (None, 1.0) else 1.0
+        self.temperature = float(config.temperature or 1.0) if self.sample else 1.0
+        self.top_k = int(config.top_k or 0) if self.sample else 0
+        self.top_p = float(config.top_p) if self.sample and config.top_p is not None else 1.0
+        self.grammar: Any = None
+        if row.template is not None:
+            from .grammar import JsonLogitsProcessor
+
+            self.grammar = JsonLogitsProcessor([row.template], constraints())
+        self.budget = row.thinking_budget if think_ids else None
+        self.think_ids = think_ids
+        self.thinking, self.spent = row.thinking_open, 0
+        self.generator = (
+            torch.Generator().manual_seed(row.seed) if self.sample and row.seed is not None else None
+        )
+        self.seen: torch.Tensor | None = None  # (vocab,) tokens in the row so far, for the penalty
+
+    def constrain(self, scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """The thinking budget and the JSON grammar on this row's (1, vocab) scores."""
+        if self.budget and self.thinking and self.spent >= self.budget:
+            close = self.think_ids[1]
+            kept = scores[0, close].clone()
+            scores[:] = float("-inf")
+            scores[0, close] = kept if torch.isfinite(kept) else 0.0
+        if self.grammar is not None:
+            scores = self.grammar(history, scores)
+        return scores
+
+    def uniform(self) -> float:
+        return float(torch.rand(1, generator=self.generator))
+
+    def saw(self, token: int) -> None:
+        """Remember the token the row was given (penalty, thinking)."""
+        if self.seen is not None:
+            self.seen[token] = True
+        if not self.think_ids:
+            return
+        if token == self.think_ids[0]:
+            self.thinking, self.spent = True, 0
+        elif token == self.think_ids[1]:
+            self.thinking = False
+        elif self.thinking:
+            self.spent += 1
+
+
+def pick(samplers: list[RowSampler], logits: torch.Tensor, histories, counts, stop_ids) -> list[int]:
+    """Each row's next token from its (rows, vocab) float logits, every setting per row and
+    vectorised across rows (only grammars and thinking budgets are applied row by row)."""
+    device, vocab = logits.device, logits.shape[-1]
+    penalised = [i for i, s in enumerate(samplers) if s.penalty != 1.0]
+    if penalised:
+        marks: list[torch.Tensor] = []
+        for i in penalised:
+            mark = samplers[i].seen
+            if mark is None:  # the prompt's tokens count, as in generate
+                mark = torch.zeros(vocab, dtype=torch.bool, device=device)
+                mark[histories[i][0]] = True
+                samplers[i].seen = mark
+            marks.append(mark)
+        index = torch.tensor(penalised, device=device)
+        seen = torch.stack(marks)
+        factor = torch.tensor([samplers[i].penalty for i in penalised], device=device)[:, None]
+        rows = logits[index]
+        logits[index] = torch.where(seen, torch.where(rows < 0, rows * factor, rows / factor), rows)
+    held = [i for i, s in enumerate(samplers) if counts[i] < s.min_new]
+    if held:
+        logits[torch.tensor(held, device=device)[:, None], torch.tensor(sorted(stop_ids), device=device)] = (
+            float("-inf")
+        )
+    for i, s in enumerate(samplers):
+        if s.budget or s.grammar is not None:
+            logits[i : i + 1] = s.constrain(logits[i : i + 1], histories[i])
+    picks = logits.argmax(-1)
+    sampled = [i for i, s in enumerate(samplers) if s.sample]
+    if sampled:
+        index = torch.tensor(sampled, device=device)
+        picks[index] = _sample(logits[index], [samplers[i] for i in sampled])
+    tokens = picks.tolist()
+    for sampler, token in zip(samplers, tokens, strict=True):
+        sampler.saw(token)
+    return tokens
+
+
+def _sample(logits: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
+    """Temperature, top-k, top-p and a draw, per row: each row's uniform number comes from its
+    own generator (or the global one) and picks from its distribution by inverse CDF."""
+    device, vocab = logits.device, logits.shape[-1]
+    temperature = torch.tensor([s.temperature for s in samplers], device=device)[:, None]
+    ordered, order = (logits / temperature).sort(dim=-1, descending=True)
+    top_k = torch.tensor([s.top_k or vocab for s in samplers], device=device)[:, None]
+    ordered = ordered.masked_fill(torch.arange(vocab, device=device)[None] >= top_k, float("-inf"))
+    probs = torch.softmax(ordered, dim=-1)
+    top_p = torch.tensor([s.top_p if s.top_p < 1.0 else 2.0 for s in samplers], device=device)[:, None]
+    probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # the top always stays
+    cdf = probs.cumsum(-1)
+    draws = torch.tensor([s.uniform() for s in samplers], device=device)[:, None] * cdf[:, -1:]
+    chosen = torch.searchsorted(cdf, draws).clamp(max=vocab - 1)
+    return order.gather(1, chosen).squeeze(1)

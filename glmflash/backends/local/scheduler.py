@@ -1,0 +1,356 @@
+"""Iteration-level scheduling: the local engine's own decode loop, on the model's forward.
+
+One thread owns the model. Each turn of its loop does at most one prefill chunk for the request
+next in line, then one decode step for every running row:
+- A request waits in arrival order for a free slot (`max_batch_size` slots). Its prompt is
+  prefilled alone, its images encoded once, `prefill_chunk` tokens per turn, so a long prompt
+  stalls the running rows by one chunk at a time. When its prefill ends it picks its first token
+  and joins the running batch at the next step.
+- A row that ends (its stop token, its length, a stop string, a cancel, a caller gone) leaves
+  before the next step and frees its slot.
+- Every setting is the row's own (rows.RowSampler): sampling, seed, minimum length, thinking
+  budget, JSON grammar; so does its position: GLM-4.6V's rotary positions have three streams,
+  and after the image tokens a row's text positions run ahead of its length by its own offset.
+
+The KV cache holds the running rows side by side, aligned at their newest column: a row that
+joins is padded on the left (masked), a row that leaves is cut out, and columns no row needs any
+more are dropped. Each step appends one column (as `generate` does). Its size is bounded by a
+budget (GLMFLASH_KV_CACHE_MB, or a share of the free memory): each slot may hold `slot_tokens`
+tokens, prompt and answer, and the engine refuses a request that needs more.
+
+Greedy tokens are those of the request alone. Compiled decoding (a static cache replayed as CUDA
+graphs) still uses the static batcher (batcher.py); this loop runs eager.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from . import decoding  # noqa: F401  (quiets the cache keyword's rename warning)
+from .prefill import Prefill, group
+from .rows import Row, RowRequest, RowSampler, pick, read, remember
+
+GPU_SHARE, RAM_SHARE = 0.4, 0.25  # of the free memory, for the KV cache when no budget is set
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token takes in the KV cache (keys and values, every layer)."""
+    config = model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    size = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 2
+    return 2 * config.num_hidden_layers * heads * head_dim * size
+
+
+def kv_budget(device: str, megabytes: int) -> int:
+    """The KV cache's budget in bytes: the setting, else a share of the memory free now."""
+    if megabytes > 0:
+        return megabytes * 2**20
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free * GPU_SHARE)
+    try:
+        with open("/proc/meminfo") as info:
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        available = 8 * 2**30
+    return int(available * RAM_SHARE)
+
+
+@dataclass(eq=False)
+class _Live:
+    """A running row: its sampler, its next position, its first cache column, its tokens."""
+
+    row: Row
+    sampler: RowSampler
+    position: int  # the rotary position its next input token takes
+    history: torch.Tensor  # (1, prompt + answer budget): the prompt, then its tokens
+    length: int  # tokens in `history` so far
+    start: int = 0  # its first column in the shared cache (columns before it are masked)
+    last: int = 0  # its newest token, the next step's input
+
+    def take(self, token: int) -> None:
+        self.history[0, self.length] = token
+        self.length += 1
+        self.last = token
+
+
+class Scheduler:
+    """Owns the model's thread; `tokens()` is what the engine calls per request."""
+
+    def __init__(
+        self,
+        model,
+        stop_ids,
+        pad_id: int,
+        *,
+        slots: int,
+        slot_tokens: int,
+        prefill_chunk: int,
+        constraints,
+        think_ids: tuple[int, int] | None = None,
+    ):
+        self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.slots, self.slot_tokens = max(1, slots), slot_tokens
+        self.chunk = max(1, prefill_chunk)
+        self.constraints, self.think_ids = constraints, think_ids
+        self.waiting: deque[Row] = deque()
+        self.ready = threading.Condition()
+        self.live: list[_Live] = []  # the running rows, in cache order
+        self.filling: Prefill | None = None
+        self._admitting = False  # rows taken from `waiting`, their inputs being made
+        self.cache: Any = None  # their shared DynamicCache
+        self._sizes: list[int] = []  # per busy spell: the most rows that decoded together
+        self.prefills: list[tuple[int, int, int]] = []  # per prefill: rows, chunks, steps meanwhile
+        self.steps = 0  # decode steps run
+        self._peak = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="glmflash-scheduler", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # a thread that ran torch must end before the interpreter
+
+    @property
+    def sizes(self) -> list[int]:
+        """Per busy spell (from idle to idle), the most rows that decoded together; the spell
+        under way last."""
+        return self._sizes + ([self._peak] if self._peak else [])
+
+    @property
+    def busy(self) -> bool:
+        """Rows are running, being prefilled, or waiting."""
+        return bool(self.live or self.filling or self.waiting or self._admitting)
+
+    def close(self) -> None:
+        """End the loop after the step in hand; every row still open ends, later ones are refused."""
+        with self.ready:
+            self._closed = True
+            self.ready.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+        atexit.unregister(self.close)
+
+    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
+        """Queue one request (its inputs may be a function that makes them on this thread);
+        yield (token id, time) as its row produces them."""
+        row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
+        with self.ready:
+            if self._closed:
+                raise RuntimeError("This engine was closed.")
+            self.waiting.append(row)
+            if on_queued is not None:
+                on_queued()
+            self.ready.notify()
+        return read(row)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self.ready:
+                while not self.busy and not self._closed:
+                    if self._peak:  # a busy spell ended
+                        remember(self._sizes, self._peak)
+                        self._peak = 0
+                    self.ready.wait()  # idle: no turns, no CPU
+                if self._closed:
+                    self._end_all()
+                    return
+                taken: list[Row] = []
+                if self.filling is None:  # as many as there are free slots, in arrival order
+                    while self.waiting and len(self.live) + len(taken) < self.slots:
+                        taken.append(self.waiting.popleft())
+                    self._admitting = bool(taken)
+            with torch.inference_mode():
+                if taken:
+                    self._guarded(taken, self._begin, taken)
+                    self._admitting = False
+                if self.filling is not None:
+                    self._guarded(self.filling.rows, self._fill)
+                self._leave()
+                if self.live:
+                    try:
+                        self._step()
+                    except BaseException as exc:  # handed to every running row's caller
+                        for live in self.live:
+                            live.row.fail(exc)
+                        self.live, self.cache = [], None
+                    self._leave()
+
+    def _guarded(self, rows: list[Row], work, *args) -> None:
+        """A prefill's error is its own rows': those callers get it, the others go on."""
+        try:
+            work(*args)
+        except BaseException as exc:
+            self.filling = None
+            for row in rows:
+                if not row.ended:
+                    row.fail(exc)
+
+    def _end_all(self) -> None:
+        for row in [*self.waiting, *(live.row for live in self.live)]:
+            row.end()
+        for row in self.filling.rows if self.filling is not None else ():
+            row.end()
+        self.waiting.clear()
+        self.live, self.filling, self.cache = [], None, None
+
+    # -- prefill ------------------------------------------------------------------------------
+
+    def _begin(self, taken: list[Row]) -> None:
+        """Make the taken rows' inputs; the first and those that fit beside it in one chunk are
+        prefilled as a group, the rest go back to the front of the line."""
+        chosen: list[Row] = []
+        longest = 0
+        for i, row in enumerate(taken):
+            if row.finished():
+                row.end()
+                continue
+            if not row.made():  # its caller has the error
+                continue
+            length = row.inputs["input_ids"].shape[1]
+            if chosen and (len(chosen) + 1) * max(longest, length) > self.chunk:
+                with self.ready:
+                    self.waiting.extendleft(reversed(taken[i:]))
+                break
+            chosen.append(row)
+            longest = max(longest, length)
+        if chosen:
+            self.filling = group(chosen, self.model, self.pad_id, self.steps)
+
+    def _fill(self) -> None:
+        """Prefill the next chunk; after the last one each row picks its first token and joins."""
+        job = self.filling
+        if job is None:
+            return
+        if all(row.finished() for row in job.rows):
+            for row in job.rows:
+                row.end()
+            self.filling = None
+            return
+        alone = len(job.rows) == 1  # a group fits in one chunk; a row alone may take several
+        end = min(job.width, job.done + self.chunk) if alone else job.width
+        out = self.model(
+            inputs_embeds=job.embeds[:, job.done : end],
+            position_ids=job.positions[:, :, job.done : end],
+            attention_mask=None if alone else job.mask,
+            past_key_values=job.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        job.done, job.chunks = end, job.chunks + 1
+        if end < job.width:
+            return
+        self.filling = None
+        remember(self.prefills, (len(job.rows), job.chunks, self.steps - job.steps_at))
+        lives = []
+        for row, offset in zip(job.rows, job.offsets, strict=True):
+            ids = row.inputs["input_ids"]
+            prompt = ids.shape[1]
+            history = torch.empty((1, prompt + row.config.max_new_tokens), dtype=ids.dtype, device=ids.device)
+            history[:, :prompt] = ids
+            sampler = RowSampler(row, self.stop_ids, self.think_ids, self.constraints)
+            lives.append(_Live(row, sampler, prompt + offset, history, prompt, start=job.width - prompt))
+        self._pick(lives, out.logits[:, -1].float())
+        self._join(lives, job.cache)
+
+    # -- the running batch --------------------------------------------------------------------
+
+    def _join(self, lives: list[_Live], cache) -> None:
+        """Put a prefilled group's cache beside the running rows', aligned at the newest column
+        (each row's `start` is where its prompt begins in the group's cache)."""
+        if self.cache is None:
+            self.cache = cache
+        else:
+            width, length = _width(self.cache), _width(cache)
+            if length > width:  # the newcomers are longer: everyone else moves right
+                _pad_left(self.cache, length - width)
+                for other in self.live:
+                    other.start += length - width
+            elif width > length:
+                _pad_left(cache, width - length)
+                for live in lives:
+                    live.start += width - length
+            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+                mine.keys = torch.cat([mine.keys, theirs.keys])
+                mine.values = torch.cat([mine.values, theirs.values])
+        self.live.extend(lives)
+        self._peak = max(self._peak, sum(not live.row.ended for live in self.live))
+
+    def _leave(self) -> None:
+        """Rows that ended or were cancelled leave now; columns nobody needs are dropped."""
+        keep = []
+        for live in self.live:
+            if live.row.finished():
+                live.row.end()
+            else:
+                keep.append(live)
+        if len(keep) == len(self.live):
+            return
+        if not keep:
+            self.live, self.cache = [], None
+            return
+        index = torch.tensor([self.live.index(live) for live in keep], device=self.live[0].history.device)
+        trim = min(live.start for live in keep)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
+            layer.values = layer.values.index_select(0, index)[:, :, trim:]
+        for live in keep:
+            live.start -= trim
+        self.live = keep
+
+    def _step(self) -> None:
+        """One token for every running row."""
+        device = self.live[0].history.device
+        width = _width(self.cache)
+        ids = torch.tensor([[live.last] for live in self.live], device=device)
+        positions = torch.tensor([[live.position] for live in self.live], device=device)
+        starts = torch.tensor([live.start for live in self.live], device=device)
+        hidden = torch.arange(width + 1, device=device)[None, :] < starts[:, None]
+        mask = torch.zeros(hidden.shape, dtype=self.model.dtype, device=device)
+        mask.masked_fill_(hidden, torch.finfo(self.model.dtype).min)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions[None].expand(3, -1, -1),
+            attention_mask=mask[:, None, None, :],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.steps += 1
+        for live in self.live:
+            live.position += 1
+        self._pick(self.live, out.logits[:, -1].float())
+
+    def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
+        """Each row's next token (every setting its own), handed to its caller."""
+        histories = [live.history[:, : live.length] for live in rows]
+        counts = [live.row.count for live in rows]
+        tokens = pick([live.sampler for live in rows], logits, histories, counts, self.stop_ids)
+        now = time.perf_counter()
+        for live, token in zip(rows, tokens, strict=True):
+            live.take(token)
+            live.row.emit(token, now, self.stop_ids)
+
+
+def _width(cache) -> int:
+    return cache.layers[0].keys.shape[-2]
+
+
+def _pad_left(cache, columns: int) -> None:
+    if columns:
+        for layer in cache.layers:
+            layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, columns, 0))
+            layer.values = torch.nn.functional.pad(layer.values, (0, 0, columns, 0))
+
+
+def slot_tokens(model, device: str, slots: int, megabytes: int, context: int) -> int:
+    """How many tokens (prompt and answer) one slot may hold within the KV budget."""
+    per_slot = kv_budget(device, megabytes) // (max(1, slots) * kv_bytes_per_token(model))
+    return int(min(context, per_slot))
