@@ -210,3 +210,51 @@ def test_per_page_batch_records_carry_their_page_number(engine, tmp_path):
     assert "huge.pdf" in errors and "10,000 pages" in errors
     again = run_job(engine, task, expand_inputs([str(folder)]), out, per_page=True)
     assert again.done == 0 and len(out.read_text().splitlines()) == 3
+
+
+def test_a_killed_per_page_job_over_pdfs_and_images_resumes_with_nothing_lost(tmp_path, cache_dir):
+    """SIGKILL mid-run over a folder of multi-page PDFs and images, then the same command again:
+    each page and each image exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.server_helpers import wait_until
+
+    folder, out = tmp_path / "in", tmp_path / "pages.jsonl"
+    folder.mkdir()
+    for i in range(10):
+        (folder / f"doc{i:02d}.pdf").write_bytes(pillow_pdf(((300 + i, 400), (400, 300))))  # distinct files
+        (folder / f"img{i:02d}.png").write_bytes(png_bytes(size=(40 + i, 40)))
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                  "required": ["ok"], "additionalProperties": False}))  # fmt: skip
+    args = [sys.executable, "-m", "glmflash", "batch", "--model", "tiny", "--no-progress", str(folder),
+            "--prompt", "Is it readable?", "--schema", str(schema), "--per-page",
+            "--out", str(out)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLMFLASH_")}
+    env.update(GLMFLASH_CACHE_DIR=cache_dir, GLMFLASH_MAX_IMAGE_PIXELS="200000")
+
+    def records() -> list[dict]:
+        return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(records()) >= 8 or first.poll() is not None, 240)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    before = len(records())
+    assert 8 <= before < 30
+    second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    got = sorted((r["source"].rsplit("/", 1)[1], r.get("page")) for r in records())
+    want = sorted(
+        [(f"doc{i:02d}.pdf", p) for i in range(10) for p in (1, 2)]
+        + [(f"img{i:02d}.png", None) for i in range(10)]
+    )
+    errors = out.with_name("pages.errors.jsonl")
+    assert got == want, errors.read_text() if errors.exists() else second.stderr
+    assert len({r["id"] for r in records()}) == 30

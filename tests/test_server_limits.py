@@ -227,30 +227,23 @@ def test_client_disconnect_while_waiting_for_a_whole_answer(engine):
         assert_serving(url)
 
 
-def _failing_generate(engine, exc_factory, after_tokens):
-    """Wrap the real generate so that it fails after some real tokens (fault injection)."""
-    real = engine.model.generate
+def _failing_forward(engine, exc_factory, after_calls):
+    """Wrap the model's real forward so that it fails after some real steps (fault injection)."""
+    real, count = engine.model.forward, [0]
 
-    def generate(**kwargs):
-        streamer = kwargs["streamer"]
-        put, count = streamer.put, [0]
+    def forward(*args, **kwargs):
+        count[0] += 1
+        if count[0] > after_calls:
+            raise exc_factory()
+        return real(*args, **kwargs)
 
-        def failing_put(value):
-            count[0] += 1
-            if count[0] > after_tokens:
-                raise exc_factory()
-            put(value)
-
-        streamer.put = failing_put
-        return real(**kwargs)
-
-    return generate
+    return forward
 
 
 def test_error_mid_stream_is_an_sse_error_event(engine, monkeypatch):
     with running_server(engine) as (url, _app):
         monkeypatch.setattr(
-            engine.model, "generate", _failing_generate(engine, lambda: RuntimeError("boom"), 5)
+            engine.model, "forward", _failing_forward(engine, lambda: RuntimeError("boom"), 5)
         )
         body = {**GOOD, "max_tokens": 50, "min_tokens": 50, "stream": True}
         with requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60) as response:
@@ -264,8 +257,8 @@ def test_error_mid_stream_is_an_sse_error_event(engine, monkeypatch):
 
 def test_cuda_out_of_memory_is_503_and_the_next_request_succeeds(engine, monkeypatch):
     with running_server(engine) as (url, _app):
-        oom = _failing_generate(engine, lambda: torch.cuda.OutOfMemoryError("CUDA out of memory"), 2)
-        monkeypatch.setattr(engine.model, "generate", oom)
+        oom = _failing_forward(engine, lambda: torch.cuda.OutOfMemoryError("CUDA out of memory"), 2)
+        monkeypatch.setattr(engine.model, "forward", oom)
         assert_error(post(url, {**GOOD, "max_tokens": 20, "min_tokens": 20}), 503, "insufficient_memory")
         monkeypatch.undo()
         assert_serving(url)
@@ -295,7 +288,8 @@ def test_tiny_temperature_is_greedy_not_an_error(limited):
 
 
 def test_requests_given_up_by_their_clients_keep_their_slot_until_the_work_stops(engine):
-    with running_server(engine, max_queue=1) as (url, app):
+    one_at_a_time = engine_with(engine, max_batch_size=1)  # the second request waits for the first
+    with running_server(one_at_a_time, max_queue=1) as (url, app):
         state = app.state.glmflash
         body = {**GOOD, "max_tokens": 5000, "min_tokens": 5000, "stream": True}
         holder = requests.post(f"{url}/v1/chat/completions", json=body, stream=True, timeout=60)

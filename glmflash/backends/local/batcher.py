@@ -176,14 +176,14 @@ class Batcher:
             length = cache_tokens(width + config.max_new_tokens - 1, self.cache_limit)
             # Rows end on their own max_new_tokens; the batch's larger one only sizes the cache.
             config.max_new_tokens = length - width + 1
-        processors = [RowMinTokens(rows, self.stop_ids)]
-        if self.think_ids and any(row.thinking_budget for row in rows):
-            processors.append(RowThinkingBudget(rows, *self.think_ids))
+        processors = [_RowMinTokens(rows, self.stop_ids)]
         templates = [row.template for row in rows]
         if any(t is not None for t in templates):
             from .grammar import JsonLogitsProcessor
 
             processors.append(JsonLogitsProcessor(templates, self.constraints()))
+        if self.think_ids and any(row.thinking_budget for row in rows):  # after the grammar: see there
+            processors.append(_RowThinkingBudget(rows, *self.think_ids))
         if rows[0].seed is not None:
             torch.manual_seed(rows[0].seed)
         self.generating = True
@@ -196,7 +196,7 @@ class Batcher:
                     generation_config=config,
                     streamer=_Fanout(rows, self.stop_ids),
                     logits_processor=LogitsProcessorList(processors),
-                    stopping_criteria=StoppingCriteriaList([RowsDone(rows)]),
+                    stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
                 )
         finally:
             self.generating = False
@@ -207,7 +207,7 @@ def _batch_config(rows: list[Row]):
 
     config = copy.deepcopy(rows[0].config)
     config.max_new_tokens = max(row.config.max_new_tokens for row in rows)
-    config.min_new_tokens = None  # per row, by RowMinTokens
+    config.min_new_tokens = None  # per row, by _RowMinTokens
     return config
 
 
@@ -231,7 +231,7 @@ class _Fanout(BaseStreamer):
         pass
 
 
-class RowsDone(StoppingCriteria):
+class _RowsDone(StoppingCriteria):
     """Per row: done when it has ended or was cancelled; generation stops when all are."""
 
     def __init__(self, rows: list[Row]):
@@ -242,7 +242,7 @@ class RowsDone(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-class RowMinTokens(LogitsProcessor):
+class _RowMinTokens(LogitsProcessor):
     """min_new_tokens per row: its stop tokens are masked until it has that many."""
 
     def __init__(self, rows: list[Row], stop_ids: set[int]):
@@ -259,9 +259,10 @@ class RowMinTokens(LogitsProcessor):
         return scores
 
 
-class RowThinkingBudget(LogitsProcessor):
+class _RowThinkingBudget(LogitsProcessor):
     """thinking_budget per row: once a row has written that many tokens inside <think>, only
-    </think> may come next, and the model goes on to its answer."""
+    </think> may come next (as soon as its JSON grammar allows it: it runs first), and the model
+    goes on to its answer."""
 
     def __init__(self, rows: list[Row], open_id: int, close_id: int):
         self.rows, self.open_id, self.close_id = rows, open_id, close_id
@@ -282,6 +283,8 @@ class RowThinkingBudget(LogitsProcessor):
         for i, row in enumerate(self.rows):
             if row.thinking_budget and self.thinking[i] and self.spent[i] >= row.thinking_budget:
                 closing = scores[i, self.close_id].clone()
+                if row.template is not None and not torch.isfinite(closing):
+                    continue  # its grammar is mid-character (a byte token): close at the next one
                 scores[i] = float("-inf")
                 scores[i, self.close_id] = closing if torch.isfinite(closing) else 0.0
         return scores

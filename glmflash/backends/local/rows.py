@@ -129,7 +129,7 @@ class RowSampler:
     """One row's own token choice: its settings and what it has to remember between steps.
 
     The order is generate()'s: repetition penalty, the minimum length (stop tokens masked), the
-    thinking budget (only </think> once spent), the JSON grammar, then temperature, top-k and
+    JSON grammar, the thinking budget (only </think> once spent), then temperature, top-k and
     top-p, and a greedy or a sampled pick; a seeded row draws from its own generator, so its
     answer repeats whatever company it has. `pick` applies them to all rows at once.
     """
@@ -157,14 +157,17 @@ class RowSampler:
         self.seen: torch.Tensor | None = None  # (vocab,) tokens in the row so far, for the penalty
 
     def constrain(self, scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """The thinking budget and the JSON grammar on this row's (1, vocab) scores."""
+        """The JSON grammar and the thinking budget on this row's (1, vocab) scores. A spent
+        budget forces </think> as soon as the grammar allows it: not in the middle of a
+        character that a byte token began."""
+        if self.grammar is not None:
+            scores = self.grammar(history, scores)
         if self.budget and self.thinking and self.spent >= self.budget:
             close = self.think_ids[1]
             kept = scores[0, close].clone()
-            scores[:] = float("-inf")
-            scores[0, close] = kept if torch.isfinite(kept) else 0.0
-        if self.grammar is not None:
-            scores = self.grammar(history, scores)
+            if self.grammar is None or torch.isfinite(kept):
+                scores[:] = float("-inf")
+                scores[0, close] = kept if torch.isfinite(kept) else 0.0
         return scores
 
     def uniform(self) -> float:
