@@ -146,7 +146,9 @@ def test_a_thinking_budget_closes_the_thinking_and_the_answer_follows(form_engin
         free = thinking_json(form_engine, seed)
         held = thinking_json(form_engine, seed, thinking_budget=4)
         assert free.usage.reasoning_tokens > 20  # far past the budget below
-        assert held.usage.reasoning_tokens <= 4 + 3  # <think>, 4 tokens, </think> (and a newline)
+        # <think>, 4 tokens, </think> (and a newline); up to 3 more finish a character that a byte
+        # token began, when the JSON grammar would not let </think> cut it
+        assert held.usage.reasoning_tokens <= 4 + 3 + 3
         assert held.finish_reason == "stop" and held.parsed["verdict"] in ("allow", "review", "block")
 
 
