@@ -1,4 +1,5 @@
-"""Command line: `python -m glmflash serve | chat | batch | eval | bench | info | check | cost | tiny-model`.
+"""Command line: `python -m glmflash serve | chat | batch | eval | training-data | finetune |
+merge-adapter | bench | info | check | cost | tiny-model`.
 
 Errors are one line on stderr and exit status 2.
 """
@@ -33,10 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (GLMFLASH_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (GLMFLASH_PORT, default 8080)")
 
-    from .commands import batch, evaluate
+    from .commands import batch, evaluate, finetune
 
     batch.add_parser(commands, _model_flags)
     evaluate.add_parser(commands, _model_flags)
+    finetune.add_parsers(commands, _model_flags)
 
     bench = commands.add_parser("bench", help="TTFT, tokens/s, images/s, memory vs raw model.generate")
     _model_flags(bench)
@@ -105,6 +107,7 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", default=None, help="static cache + torch.compile (GLMFLASH_COMPILE)"
     )
+    parser.add_argument("--adapter", help="a LoRA adapter folder from `finetune` (GLMFLASH_ADAPTER)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             port=getattr(args, "port", None),
             quantizer=getattr(args, "quantizer", None),
             compile=getattr(args, "compile", None),
+            adapter=getattr(args, "adapter", None),
         )
         debug = debug or settings.debug
         if args.command == "cost":
@@ -140,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import evaluate
 
             return evaluate.run(args, lambda url, key: _load(args, settings, url, key))
+        if args.command in ("training-data", "finetune", "merge-adapter"):
+            from .commands import finetune
+
+            return finetune.run(args, lambda: _load(args, settings))
         for path in getattr(args, "images", []):
             if not os.path.isfile(path):
                 raise ImageError(f"No such image file: {path}")

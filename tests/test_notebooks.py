@@ -58,6 +58,17 @@ EXPECTED = {
             "'[1, 2, 3]': 0 boxes",
         ],
     ),
+    "08_lora_finetune.ipynb": (
+        False,
+        False,
+        [
+            "batch: finished:",
+            "corrected: 12",
+            "training loss:",
+            "model: glmflash/tiny+adapter",
+            "same answer as base + adapter: True",
+        ],
+    ),
     "07_evaluate.ipynb": (
         False,
         True,

@@ -392,8 +392,13 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     model_obj, processor = load_model(checkpoint, placement, settings.model.quantizer)
     if checkpoint.demo:
         log.warning("The tiny demo model is loaded: its answers are meaningless.")
+    model_id = checkpoint.model_id
+    if settings.model.adapter:
+        from ...adapt.serve import attach_adapter
+
+        model_id = f"{model_id}+{attach_adapter(model_obj, settings.model.adapter)}"
     info = EngineInfo(
-        model_id=checkpoint.model_id,
+        model_id=model_id,
         source=checkpoint.source,
         precision=placement.precision,
         device=placement.device,
