@@ -17,8 +17,6 @@ import atexit
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import fields
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -26,12 +24,12 @@ from transformers.generation.streamers import BaseStreamer
 
 from .decoding import CacheKeeper, cache_tokens, is_compiled
 from .prefill import collate
-from .rows import Row, RowRequest, read, remember
+from .rows import Line, Row, remember
 
 STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
 
 
-class Batcher:
+class Batcher(Line):
     """Owns the worker thread; `tokens()` is what the engine calls per request."""
 
     def __init__(
@@ -82,19 +80,6 @@ class Batcher:
             self.ready.notify_all()
         self._thread.join(timeout=30)
         atexit.unregister(self.close)  # nothing left to hold the model
-
-    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
-        """Queue one request (its inputs may be a function that makes them on the batcher's
-        thread); yield (token id, time) as its row produces them."""
-        row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
-        with self.ready:
-            if self._closed:
-                raise RuntimeError("This engine was closed.")
-            self.waiting.append(row)
-            if on_queued is not None:
-                on_queued()
-            self.ready.notify()
-        return read(row)
 
     # -- the worker ---------------------------------------------------------------------------
 

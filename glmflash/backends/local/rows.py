@@ -9,8 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -88,6 +89,28 @@ class Row(RowRequest):
     def fail(self, exc: BaseException) -> None:
         self.tokens.put(exc)
         self.end()
+
+
+class Line:
+    """The waiting line both schedulers keep, and `tokens()`, what the engine calls per request.
+    A subclass sets `ready` (a Condition), `waiting` (a deque) and `_closed`."""
+
+    ready: threading.Condition
+    waiting: deque
+    _closed: bool
+
+    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
+        """Queue one request (its inputs may be a function that makes them on the model's
+        thread); yield (token id, time) as its row produces them."""
+        row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
+        with self.ready:
+            if self._closed:
+                raise RuntimeError("This engine was closed.")
+            self.waiting.append(row)
+            if on_queued is not None:
+                on_queued()
+            self.ready.notify()
+        return read(row)
 
 
 def read(row: Row) -> Iterator[tuple[int, float]]:

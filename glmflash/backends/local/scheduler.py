@@ -28,15 +28,14 @@ import atexit
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import decoding  # noqa: F401  (quiets the cache keyword's rename warning)
 from .prefill import Prefill, group
-from .rows import Row, RowRequest, RowSampler, pick, read, remember
+from .rows import Line, Row, RowSampler, pick, remember
 
 GPU_SHARE, RAM_SHARE = 0.4, 0.25  # of the free memory, for the KV cache when no budget is set
 
@@ -83,7 +82,7 @@ class _Live:
         self.last = token
 
 
-class Scheduler:
+class Scheduler(Line):
     """Owns the model's thread; `tokens()` is what the engine calls per request."""
 
     def __init__(
@@ -136,19 +135,6 @@ class Scheduler:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
         atexit.unregister(self.close)
-
-    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
-        """Queue one request (its inputs may be a function that makes them on this thread);
-        yield (token id, time) as its row produces them."""
-        row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
-        with self.ready:
-            if self._closed:
-                raise RuntimeError("This engine was closed.")
-            self.waiting.append(row)
-            if on_queued is not None:
-                on_queued()
-            self.ready.notify()
-        return read(row)
 
     # -- the loop -----------------------------------------------------------------------------
 
