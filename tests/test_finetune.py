@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,12 @@ def test_bad_adapters_and_bad_data_are_clear_errors(made, adapter, cache_dir, tm
     (foreign / "adapter_model.safetensors").write_bytes((out / "adapter_model.safetensors").read_bytes())
     with pytest.raises(InvalidRequestError, match="does not fit this model"):
         fresh(cache_dir, adapter=str(foreign))
+    other = tmp_path / "other-base"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("checkpoints"))
+    report = json.loads((other / "glmflash.json").read_text())
+    (other / "glmflash.json").write_text(json.dumps({**report, "base_model": "zai-org/GLM-4.6V-Flash"}))
+    with pytest.raises(InvalidRequestError, match="was trained on zai-org"):
+        fresh(cache_dir, adapter=str(other))
     with pytest.raises(InvalidRequestError, match="fewer than one step's batch"):
         finetune(fresh(cache_dir), made["data"], tmp_path / "big", TrainSettings(batch=64), progress=False)
     broken = tmp_path / "broken"

@@ -29,13 +29,21 @@ def adapter_config(path: str | Path) -> dict:
         raise InvalidRequestError(f"{config} is not valid JSON.", param="adapter") from None
 
 
-def attach_adapter(model, path: str | Path, name: str | None = None) -> str:
-    """Load the adapter at `path` into `model` and make it active; returns its name."""
+def attach_adapter(model, path: str | Path, name: str | None = None, *, base: str | None = None) -> str:
+    """Load the adapter at `path` into `model` and make it active; returns its name. `base`: the
+    loaded model's id, checked against the one the adapter was trained on (glmflash.json)."""
     from .train import require_peft
 
     require_peft()
     folder = Path(path).expanduser()
     adapter_config(folder)
+    trained_on = _trained_on(folder)
+    if base and trained_on and trained_on != base:
+        raise InvalidRequestError(
+            f"The adapter in {folder} was trained on {trained_on}, but {base} is loaded: load that "
+            "model, or train an adapter for this one.",
+            param="adapter",
+        )
     name = name or folder.name
     try:
         model.load_adapter(str(folder), adapter_name=name)
@@ -66,6 +74,14 @@ def merge(engine, adapter: str | Path, out: str | Path) -> Path:
     merged.save_pretrained(str(target))
     engine.processor.save_pretrained(str(target))
     return target
+
+
+def _trained_on(folder: Path) -> str | None:
+    """The base model id in the adapter's glmflash.json (adapters from elsewhere have none)."""
+    try:
+        return json.loads((folder / "glmflash.json").read_text("utf-8")).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _peft():

@@ -396,7 +396,7 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     if settings.model.adapter:
         from ...adapt.serve import attach_adapter
 
-        model_id = f"{model_id}+{attach_adapter(model_obj, settings.model.adapter)}"
+        model_id = f"{model_id}+{attach_adapter(model_obj, settings.model.adapter, base=model_id)}"
     info = EngineInfo(
         model_id=model_id,
         source=checkpoint.source,
