@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +61,11 @@ def prompt_form(engine) -> str:
     return json.loads((Path(engine.info.source) / MARKER_FILE).read_text())["template"]
 
 
-def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", noise=False) -> bytes:
-    if noise:
-        image = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+def png_bytes(size=(64, 48), color=(200, 30, 30), mode="RGB", fmt="PNG", noise=False, seed=None) -> bytes:
+    if noise:  # os.urandom unless `seed` is given: then the same noise on every run
+        count = size[0] * size[1] * 3
+        data = os.urandom(count) if seed is None else random.Random(seed).randbytes(count)
+        image = Image.frombytes("RGB", size, data)
     else:
         image = Image.new(mode, size, color if mode == "RGB" else None)
     buffer = io.BytesIO()

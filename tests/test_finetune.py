@@ -166,4 +166,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(made, cache_dir, tmp_path
     second = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     report = json.loads((out / "glmflash.json").read_text())
-    assert report["resumed"] and report["steps"] == 40 * 4  # 8 rows, 2 per step, 40 epochs
+    rows = len(read_split(made["data"] / "train.jsonl"))  # the split depends on the images' paths
+    assert report["resumed"] and report["steps"] >= 40 * (rows // 2)  # 2 rows per step, 40 epochs
+    assert (out / "adapter_model.safetensors").is_file()

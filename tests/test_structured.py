@@ -63,7 +63,7 @@ NESTED = {
 
 @pytest.fixture(scope="module")
 def image():
-    return png_bytes(size=(56, 56), noise=True)
+    return png_bytes(size=(56, 56), noise=True, seed=5)  # the same noise every run: repeatable answers
 
 
 def assert_valid_for_seeds(engine, task, image, seeds=SEEDS):
