@@ -222,7 +222,7 @@ def test_an_idle_scheduler_uses_no_cpu(engine):
     scheduled.chat(user("hello"), max_new_tokens=3, thinking=False)
     stat = f"/proc/self/task/{scheduled._batch._thread.native_id}/stat"
     if not os.path.exists(stat):
-        pytest.skip("no /proc here")
+        pytest.skip("a thread's CPU time is read from /proc/self/task (Linux only)")
 
     def cpu_ticks() -> int:
         fields = Path(stat).read_text().rsplit(")", 1)[1].split()

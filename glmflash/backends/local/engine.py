@@ -253,20 +253,21 @@ class Engine(EngineBase):
         """The scheduler, started on first use: it runs every generation on its one thread (compiled
         graphs, too, must all run on one thread); with max_batch_size 1 one at a time."""
         with self._setup_lock:
+            if self._batch is not None:
+                return self._batch
             pad = self.tokenizer.pad_token_id
             pad = pad if pad is not None else min(self.stop_ids)
-            if self._batch is None and self.per_token:
+            if self.per_token:
                 self._batch = Scheduler(
                     self.model,
                     self.stop_ids,
                     pad,
                     slots=max(1, self.settings.batching.max_batch_size),
-                    slot_tokens=self.slot_tokens(),
                     prefill_chunk=self.settings.batching.prefill_chunk,
                     constraints=self._constraints,
                     think_ids=self._think_ids(),
                 )
-            elif self._batch is None:
+            else:
                 self._batch = Batcher(
                     self.model,
                     self.stop_ids,

@@ -179,6 +179,11 @@ class RowSampler:
         )
         self.seen: torch.Tensor | None = None  # (vocab,) tokens in the row so far, for the penalty
 
+    def reads_history(self, count: int) -> bool:
+        """Whether its next pick reads the row's tokens: a grammar always, the penalty once (at
+        the first pick, for the prompt's tokens)."""
+        return self.grammar is not None or (self.penalty != 1.0 and count == 0)
+
     def constrain(self, scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """The JSON grammar and the thinking budget on this row's (1, vocab) scores. A spent
         budget forces </think> as soon as the grammar allows it: not in the middle of a
@@ -212,7 +217,8 @@ class RowSampler:
 
 def pick(samplers: list[RowSampler], logits: torch.Tensor, histories, counts, stop_ids) -> list[int]:
     """Each row's next token from its (rows, vocab) float logits, every setting per row and
-    vectorised across rows (only grammars and thinking budgets are applied row by row)."""
+    vectorised across rows (only grammars and thinking budgets are applied row by row).
+    `histories[i]`: what row i's sampler reads (RowSampler.reads_history), else None."""
     device, vocab = logits.device, logits.shape[-1]
     penalised = [i for i, s in enumerate(samplers) if s.penalty != 1.0]
     if penalised:

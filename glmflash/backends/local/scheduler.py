@@ -66,20 +66,22 @@ def kv_budget(device: str, megabytes: int) -> int:
 
 @dataclass(eq=False)
 class _Live:
-    """A running row: its sampler, its next position, its first cache column, its tokens."""
+    """A running row: its sampler, its next position, its first cache column, its newest token."""
 
     row: Row
     sampler: RowSampler
     position: int  # the rotary position its next input token takes
-    history: torch.Tensor  # (1, prompt + answer budget): the prompt, then its tokens
-    length: int  # tokens in `history` so far
+    prompt: torch.Tensor  # (1, prompt tokens)
     start: int = 0  # its first column in the shared cache (columns before it are masked)
     last: int = 0  # its newest token, the next step's input
 
-    def take(self, token: int) -> None:
-        self.history[0, self.length] = token
-        self.length += 1
-        self.last = token
+    def history(self) -> torch.Tensor | None:
+        """What its sampler reads of the tokens so far: the prompt at its first pick (the
+        penalty's token set starts from it), then its newest token (all a grammar consumes);
+        None when it reads nothing."""
+        if not self.sampler.reads_history(self.row.count):
+            return None
+        return self.prompt if self.row.count == 0 else torch.tensor([[self.last]])
 
 
 class Scheduler(Line):
@@ -92,13 +94,12 @@ class Scheduler(Line):
         pad_id: int,
         *,
         slots: int,
-        slot_tokens: int,
         prefill_chunk: int,
         constraints,
         think_ids: tuple[int, int] | None = None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
-        self.slots, self.slot_tokens = max(1, slots), slot_tokens
+        self.slots = max(1, slots)
         self.chunk = max(1, prefill_chunk)
         self.constraints, self.think_ids = constraints, think_ids
         self.waiting: deque[Row] = deque()
@@ -239,11 +240,8 @@ class Scheduler(Line):
         lives = []
         for row, offset in zip(job.rows, job.offsets, strict=True):
             ids = row.inputs["input_ids"]
-            prompt = ids.shape[1]
-            history = torch.empty((1, prompt + row.config.max_new_tokens), dtype=ids.dtype, device=ids.device)
-            history[:, :prompt] = ids
             sampler = RowSampler(row, self.stop_ids, self.think_ids, self.constraints)
-            lives.append(_Live(row, sampler, prompt + offset, history, prompt, start=job.width - prompt))
+            lives.append(_Live(row, sampler, ids.shape[1] + offset, ids, start=job.width - ids.shape[1]))
         self._pick(lives, out.logits[:, -1].float())
         self._join(lives, job.cache)
 
@@ -283,7 +281,7 @@ class Scheduler(Line):
         if not keep:
             self.live, self.cache = [], None
             return
-        index = torch.tensor([self.live.index(live) for live in keep], device=self.live[0].history.device)
+        index = torch.tensor([self.live.index(live) for live in keep], device=self.live[0].prompt.device)
         trim = min(live.start for live in keep)
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
@@ -294,7 +292,7 @@ class Scheduler(Line):
 
     def _step(self) -> None:
         """One token for every running row."""
-        device = self.live[0].history.device
+        device = self.live[0].prompt.device
         width = _width(self.cache)
         ids = torch.tensor([[live.last] for live in self.live], device=device)
         positions = torch.tensor([[live.position] for live in self.live], device=device)
@@ -316,12 +314,12 @@ class Scheduler(Line):
 
     def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
         """Each row's next token (every setting its own), handed to its caller."""
-        histories = [live.history[:, : live.length] for live in rows]
+        histories = [live.history() for live in rows]
         counts = [live.row.count for live in rows]
         tokens = pick([live.sampler for live in rows], logits, histories, counts, self.stop_ids)
         now = time.perf_counter()
         for live, token in zip(rows, tokens, strict=True):
-            live.take(token)
+            live.last = token
             live.row.emit(token, now, self.stop_ids)
 
 
