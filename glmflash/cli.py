@@ -107,7 +107,11 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", default=None, help="static cache + torch.compile (GLMFLASH_COMPILE)"
     )
-    parser.add_argument("--adapter", help="a LoRA adapter folder from `finetune` (GLMFLASH_ADAPTER)")
+    parser.add_argument(
+        "--adapter", action="append",
+        help="a LoRA adapter folder from `finetune`, or NAME=FOLDER; repeat to serve several, "
+        "chosen per request by the API's model field (GLMFLASH_ADAPTER, commas between)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             port=getattr(args, "port", None),
             quantizer=getattr(args, "quantizer", None),
             compile=getattr(args, "compile", None),
-            adapter=getattr(args, "adapter", None),
+            adapter=",".join(getattr(args, "adapter", None) or []) or None,
         )
         debug = debug or settings.debug
         if args.command == "cost":

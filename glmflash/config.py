@@ -42,7 +42,9 @@ class ModelSettings:
     quantizer: str = "bitsandbytes"  # int8/int4 library: bitsandbytes (least memory) | torchao (int8)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # static KV cache + torch.compile'd decoding (each new shape compiles first)
-    adapter: str = ""  # a LoRA adapter folder (python -m glmflash finetune) applied to the model
+    # LoRA adapter folders (python -m glmflash finetune): FOLDER or NAME=FOLDER, commas between
+    # several; a request chooses one by name (the API's `model`), the first is the default
+    adapter: str = ""
     cache_dir: str = field(default_factory=_default_cache_dir)  # where the tiny model is built
 
 

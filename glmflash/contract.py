@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from .config import EngineSettings
+from .errors import InvalidRequestError
 from .inputs.images import ImagePolicy
 from .inputs.messages import ask_messages
 from .replies import Chunk, EngineInfo, Memory, Reply
@@ -30,12 +31,14 @@ class EngineBase(abc.ABC):
         *,
         stop_event: threading.Event | None = None,
         image_policy: ImagePolicy | None = None,
+        adapter: str | None = None,
         **gen,
     ) -> Iterator[Chunk]:
         """Validate now (a GlmflashError raises here, before any generation), then yield Chunks as
         they are generated; the last one carries finish_reason, usage and timings. Setting
-        `stop_event`, or closing the iterator, stops the generation. `gen`: the options of
-        options.GenerationOptions, and `response_format`."""
+        `stop_event`, or closing the iterator, stops the generation. `adapter`: one of
+        `info.adapters` answers, "" the base model, None the default (`info.adapter`).
+        `gen`: the options of options.GenerationOptions, and `response_format`."""
 
     def chat(self, messages: Sequence[dict], **kwargs) -> Reply:
         """The whole reply: the same chunks as `stream`, collected."""
@@ -49,6 +52,18 @@ class EngineBase(abc.ABC):
     @abc.abstractmethod
     def busy(self) -> bool:
         """Generating, or requests are waiting for the model."""
+
+    def choose_adapter(self, adapter: str | None) -> str | None:
+        """The adapter a request takes (None: the base model); an unknown name is refused."""
+        adapters = self.info.adapters
+        if adapter is None:
+            adapter = self.info.adapter
+        if adapter == "":
+            return None
+        if adapter not in adapters:
+            listed = ", ".join(adapters) or "none are loaded"
+            raise InvalidRequestError(f"No adapter named {adapter!r} (adapters: {listed}).", param="adapter")
+        return adapter
 
     def warm_up(self) -> float:
         """Do before serving what would otherwise make the first callers wait (compiling);

@@ -115,6 +115,8 @@ class EngineInfo:
     placement_reason: str = ""
     compiled: bool = False  # static KV cache + torch.compile'd decoding (GLMFLASH_COMPILE) in effect
     quantizer: str = ""  # the library behind int8/int4 weights; empty otherwise
+    adapters: tuple[str, ...] = ()  # the LoRA adapters a request may choose by name
+    adapter: str = ""  # the one a request that names none takes ("": the base model)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -1,5 +1,11 @@
 """LoRA adapters on a loaded model: attached in place (transformers' PEFT integration, so the
-engine's model keeps its class and its decode loop), and merged into the base weights for export.
+engine's model keeps its class and its decode loop), chosen per request, and merged into the
+base weights for export.
+
+Several adapters can be loaded at once. Each request names the one it wants (or the base model),
+and requests for different adapters still decode in one batch: the Router hands every LoRA layer
+the adapter of each row in the batch (peft's mixed-batch forward), so a row gets its own
+adapter's delta and nobody else's.
 
 An adapter trained for another base model or another architecture is refused with a clear
 message, before anything is changed.
@@ -9,9 +15,45 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+
+BASE_ROW = "__base__"  # peft's name for a row that takes no adapter
+
+
+def parse_adapters(spec: str | Sequence[str] | dict | None) -> list[tuple[str, Path]]:
+    """Adapters as (name, folder): `spec` is a folder, `NAME=FOLDER`, several of them (a list,
+    or one string with commas, as GLMFLASH_ADAPTER holds them) or {name: folder}. A name is its
+    folder's name unless given."""
+    if not spec:
+        return []
+    if isinstance(spec, dict):
+        items = [f"{name}={folder}" for name, folder in spec.items()]
+    elif isinstance(spec, str):
+        items = spec.split(",")
+    else:
+        items = list(spec)
+    adapters: list[tuple[str, Path]] = []
+    for item in (str(item).strip() for item in items):
+        if not item:
+            continue
+        name, given, folder = item.partition("=")
+        if not given or "/" in name:  # a folder whose path holds an =
+            name, folder = "", item
+        path = Path(folder.strip()).expanduser()
+        name = name.strip() or path.name
+        problem = "" if name else "is empty"
+        problem = problem or ("holds a +" if "+" in name else "")
+        problem = problem or ("is used twice" if any(name == seen for seen, _ in adapters) else "")
+        if problem:
+            raise InvalidRequestError(
+                f"The adapter name {name!r} {problem}: give each adapter its own name, as NAME=FOLDER.",
+                param="adapter",
+            )
+        adapters.append((name, path))
+    return adapters
 
 
 def adapter_config(path: str | Path) -> dict:
@@ -27,6 +69,16 @@ def adapter_config(path: str | Path) -> dict:
         return json.loads(config.read_text("utf-8"))
     except ValueError:
         raise InvalidRequestError(f"{config} is not valid JSON.", param="adapter") from None
+
+
+def served_models(info, served_name: str) -> dict[str, str]:
+    """The model ids a server answers to, each with the adapter it selects ("": the base model).
+    The served name is the base model; an adapter answers to its name (as vLLM's --lora-modules
+    names do) and to SERVED+NAME."""
+    ids = {served_name: ""}
+    for name in info.adapters:
+        ids[name] = ids[f"{served_name}+{name}"] = name
+    return ids
 
 
 def attach_adapter(model, path: str | Path, name: str | None = None, *, base: str | None = None) -> str:
@@ -54,7 +106,67 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             f"another rank?): {str(exc).splitlines()[0][:300]}",
             param="adapter",
         ) from None
-    return name  # the first adapter loaded is the active one
+    return name
+
+
+def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
+    """Attach every adapter in `spec` (see parse_adapters); returns their names, in order.
+    Adapters that change the vision tower are refused: a batch's images are encoded together,
+    so no row could have its own vision adapter (merge such an adapter with merge-adapter)."""
+    names: list[str] = []
+    for name, folder in parse_adapters(spec):
+        with _quiet() if names else contextlib.nullcontext():
+            attach_adapter(model, folder, name, base=base)
+        touched = sorted({n.split(".lora_")[0] for n, _ in model.named_parameters()
+                          if f".{name}." in n and ".lora_" in n and "language_model" not in n})  # fmt: skip
+        if touched:
+            _detach(model, name)
+            raise InvalidRequestError(
+                f"The adapter in {folder} changes modules outside the language model ({touched[0]}, ...): "
+                "it cannot be chosen per request. Serve a merged copy instead "
+                "(python -m glmflash merge-adapter).",
+                param="adapter",
+            )
+        names.append(name)
+    return names
+
+
+class Router:
+    """Tells each LoRA layer which adapter every row of the batch at hand takes. The decode loop
+    wraps each forward in `rows(names)`; a forward outside one (a caller's own `generate`) takes
+    `default` for every row. Names are adapter names, None for the base model."""
+
+    @classmethod
+    def of(cls, model, default: str | None) -> Router:
+        """The model's one router (engines sharing a model share it: one set of hooks)."""
+        router = getattr(model, "_glmflash_router", None)
+        if router is None:
+            router = cls(model, default)
+            model._glmflash_router = router
+        router.default = default
+        return router
+
+    def __init__(self, model, default: str | None):
+        from peft.tuners.lora import LoraLayer
+
+        self.default = default
+        self._names: list[str] | None = None
+        for module in model.modules():
+            if isinstance(module, LoraLayer):  # an nn.Module too
+                module.register_forward_pre_hook(self._hook, with_kwargs=True)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def rows(self, names: Sequence[str | None]) -> Iterator[None]:
+        self._names = [name or BASE_ROW for name in names]
+        try:
+            yield
+        finally:
+            self._names = None
+
+    def _hook(self, module, args, kwargs):
+        width = len(args[0]) if args else len(kwargs["x"])
+        names = self._names or [self.default or BASE_ROW] * width
+        return args, {**kwargs, "adapter_names": names}
 
 
 def merge(engine, adapter: str | Path, out: str | Path) -> Path:
@@ -88,6 +200,24 @@ def _peft():
     from .train import require_peft
 
     return require_peft()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """A second adapter: transformers reports the first one's weights as missing from its
+    folder, and peft warns that the model now holds several. Both are what was asked for."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _detach(model, name: str) -> None:

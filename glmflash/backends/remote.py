@@ -65,7 +65,10 @@ class RemoteEngine(EngineBase):
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0), headers=headers)
         self._inflight = 0
         self._count_lock = threading.Lock()
-        self.model_name = model or self._first_model()
+        listed = self._models(required=model is None)
+        self.model_name = model or listed[0]["id"]
+        # LoRA adapters the backend serves on this model (vLLM's --lora-modules list them so)
+        adapters = tuple(entry["id"] for entry in listed if entry.get("parent") == self.model_name)
         self.info = EngineInfo(
             model_id=self.model_name,
             source=self.base_url,
@@ -77,6 +80,7 @@ class RemoteEngine(EngineBase):
             max_image_pixels=self.settings.limits.max_image_pixels,
             demo_model=False,
             placement_reason=f"OpenAI-compatible backend at {self.base_url}",
+            adapters=adapters,
         )
 
     @property
@@ -89,32 +93,43 @@ class RemoteEngine(EngineBase):
         *,
         stop_event: threading.Event | None = None,
         image_policy: ImagePolicy | None = None,
+        adapter: str | None = None,
         **gen,
     ) -> Iterator[Chunk]:
         """Check and encode now (errors raise here); stream chunks as the backend sends them."""
+        model = self.choose_adapter(adapter) or self.model_name
         request = prepare(
             messages, gen, self.settings.limits, image_policy or self.image_policy,
             control_tokens=FAMILY_CONTROL_TOKENS, started=time.perf_counter(),
         )  # fmt: skip
-        return self._stream(request, self._body(request), stop_event or threading.Event())
+        return self._stream(request, self._body(request, model), stop_event or threading.Event())
 
     def close(self) -> None:
         self._client.close()
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _first_model(self) -> str:
-        response = self._send("GET", "/models", None, threading.Event())
+    def _models(self, *, required: bool) -> list[dict]:
+        """The backend's /models entries. When a model was named they are only a nicety (which
+        adapters it serves): one quick try, and a backend without the route lists none."""
         try:
-            response.read()
-            models = response.json().get("data") or []
-        finally:
-            response.close()
-        if not models:
+            if required:
+                response = self._send("GET", "/models", None, threading.Event())
+                response.read()
+                response.close()
+            else:
+                response = self._client.get(self.base_url + "/models", timeout=5.0)
+                response.raise_for_status()
+            models = [m for m in response.json().get("data") or [] if isinstance(m, dict) and "id" in m]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            if required:
+                raise BackendError(f"{self.base_url}/models gave no list of models: pass model=...") from None
+            return []
+        if required and not models:
             raise BackendError(f"{self.base_url}/models lists no model: pass model=... explicitly.")
-        return models[0]["id"]
+        return models
 
-    def _body(self, request: Request) -> dict:
+    def _body(self, request: Request, model: str) -> dict:
         pictures = iter(request.images)
         conversation = [
             {
@@ -129,7 +144,7 @@ class RemoteEngine(EngineBase):
             for message in request.conversation
         ]
         body = {
-            "model": self.model_name,
+            "model": model,
             "messages": conversation,
             "stream": True,
             "stream_options": {"include_usage": True},

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..adapt.serve import served_models
 from ..config import Settings
 from ..errors import GlmflashError
 from ..inputs.images import ImagePolicy
@@ -88,26 +89,42 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
     async def metrics():
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    served = settings.server.served_model_name
+    choices = served_models(engine.info, served)  # model id -> the adapter it selects
+
     @app.get("/v1/models")
     async def models(identity: str = Depends(caller)):
-        entry = {
-            "id": settings.server.served_model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "glmflash",
-        }
-        return {"object": "list", "data": [entry]}
+        entry = {"object": "model", "created": 0, "owned_by": "glmflash"}
+        data = [{"id": served, **entry, "root": served, "parent": None}]
+        data += [{"id": name, **entry, "root": name, "parent": served} for name in engine.info.adapters]
+        return {"object": "list", "data": data}
+
+    def chosen(model: str | None) -> tuple[str, dict]:
+        """The model id a reply names, and the engine's adapter argument for it. Without adapters
+        any id is accepted; with them, the id chooses, and an unknown one is refused."""
+        if not engine.info.adapters:
+            return served, {}
+        if model is None:
+            return engine.info.model_id, {}
+        if model not in choices:
+            listed = ", ".join([served, *engine.info.adapters])
+            raise ApiError(
+                404, f"The model {model!r} does not exist here: choose one of {listed} (GET /v1/models).",
+                code="model_not_found", param="model",
+            )  # fmt: skip
+        return model, {"adapter": choices[model]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
         body: protocol.ChatCompletionRequest, request: Request, identity: str = Depends(caller)
     ):
         options = body.generation_options()
+        model, adapter = chosen(body.model)
         state.admit()
         messages = body.message_dicts()
         record = _audit_record(request, identity, messages, body.stream)
         call = EngineCall(
-            engine, messages, options, state.image_policy,
+            engine, messages, {**options, **adapter}, state.image_policy,
             stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
         )  # fmt: skip
         handed_over = False
@@ -117,7 +134,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
                 raise first
             if body.stream:
                 handed_over = True
-                stream = _sse(call, first, body, state, record)
+                stream = _sse(call, first, body, state, record, model)
                 return StreamingResponse(
                     stream,
                     media_type="text/event-stream",
@@ -128,9 +145,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
             if reply.finish_reason == "cancelled":  # only our deadline (or a gone client) cancels
                 raise _deadline_error(settings)
             _finish(state, record, call, reply.usage, reply.timings, 200)
-            return protocol.completion(
-                reply, request_id=protocol.new_id(), model=settings.server.served_model_name
-            )
+            return protocol.completion(reply, request_id=protocol.new_id(), model=model)
         except (ApiError, GlmflashError) as exc:
             status = exc.status
             _finish(state, record, call, None, None, status)
@@ -177,9 +192,9 @@ def _deadline_error(settings: Settings) -> ApiError:
     )
 
 
-async def _sse(call, first, body, state: ServerState, record):
+async def _sse(call, first, body, state: ServerState, record, model: str):
     """SSE events: a role delta, content/reasoning deltas, the finish, optional usage, [DONE]."""
-    request_id, created, model = protocol.new_id(), int(time.time()), state.settings.server.served_model_name
+    request_id, created = protocol.new_id(), int(time.time())
     status = 200
     usage = timings = None
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..adapt.serve import served_models
 from ..errors import GlmflashError, ImageError
 from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
@@ -32,9 +33,11 @@ def build_demo(engine, settings) -> gr.Blocks:
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
     info = engine.info
     limit = settings.limits.max_new_tokens_limit
+    models = served_models(info, settings.server.served_model_name)  # model id -> its adapter
 
-    def respond(request: gr.Request, message, chat, history, system, pages, *values):
+    def respond(request: gr.Request, message, chat, history, system, pages, model, *values):
         gen = _generation(dict(zip(controls, values, strict=True)))
+        adapter = {"adapter": models[model]} if model in models else {}  # the header's choice
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
         if not text and not files:
@@ -50,7 +53,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             system_turn = [{"role": "system", "content": system}] if system and system.strip() else []
             # The engine checks and decodes everything here, before any output.
             stream = engine.stream(
-                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, **gen
+                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, **adapter, **gen
             )
         except GlmflashError as exc:
             gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
@@ -90,7 +93,7 @@ def build_demo(engine, settings) -> gr.Blocks:
                 for part in m["content"] if part.get("type") == "image"]  # fmt: skip
         history = [*history, turn, {"role": "assistant", "content": answer}]
         figures = _figures(final, t, engine.memory())
-        api = _api_call(files, text, system, gen, settings)
+        api = _api_call(files, text, system, gen, settings, model)
         drawn = _drawn_boxes(final, sent, t)
         yield _chat(shown, reasoning, answer, t, pending=False) + drawn, history, figures, api, None
 
@@ -114,6 +117,7 @@ def build_demo(engine, settings) -> gr.Blocks:
     with gr.Blocks(title=t["title"], analytics_enabled=False) as demo:
         header = t["running"].format(model=info.model_id, precision=info.precision, device=info.device)
         gr.Markdown(f"## {t['title']}\n{header}", elem_id="header")
+        model_choice = _model_choice(info, settings, t)
         if info.demo_model:
             gr.Markdown(t["demo_banner"], elem_id="demo-banner")
         with gr.Tab(t["chat_tab"], elem_id="chat-tab"):
@@ -138,7 +142,9 @@ def build_demo(engine, settings) -> gr.Blocks:
             figures = gr.Markdown(elem_id="figures")
             with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
                 system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
-                controls["temperature"] = gr.Slider(0, 2, value=0.8, step=0.05, label=t["temperature"])
+                controls["temperature"] = gr.Slider(
+                    0, 2, value=0.8, step=0.05, label=t["temperature"], elem_id="temperature"
+                )
                 controls["top_p"] = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
                 controls["max_new_tokens"] = gr.Slider(
                     16, limit, value=min(settings.limits.max_new_tokens, limit), step=16,
@@ -171,7 +177,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             api_answer = gr.Textbox()
             api_button = gr.Button()
 
-        inputs = [box, chatbot, history, system, pdf_pages, *controls.values()]
+        inputs = [box, chatbot, history, system, pdf_pages, model_choice, *controls.values()]
         previews = [pdf_preview, pdf_pages, pdf_shown]
         box.change(lambda m, shown: preview(m, shown, policy, t), [box, pdf_shown], previews, queue=False)
         outputs = [chatbot, history, figures, api, box]
@@ -303,7 +309,17 @@ def _generation(values: dict) -> dict:
     return gen
 
 
-def _api_call(files, text, system, gen: dict, settings) -> str:
+def _model_choice(info, settings, t):
+    """The header's model selector when LoRA adapters are loaded (the base model or one of
+    them, by the ids the API takes); a fixed nothing otherwise."""
+    if not info.adapters:
+        return gr.State(None)
+    served = settings.server.served_model_name
+    options = [(t["base_model"].format(name=served), served), *((name, name) for name in info.adapters)]
+    return gr.Dropdown(options, value=info.adapter, label=t["model_choice"], elem_id="model-choice")
+
+
+def _api_call(files, text, system, gen: dict, settings, model: str | None = None) -> str:
     """The curl and openai-client request that reproduces this turn against /v1/chat/completions."""
     names = [Path(upload_path(f)).name for f in files]
     content = [
@@ -313,7 +329,7 @@ def _api_call(files, text, system, gen: dict, settings) -> str:
     messages = ([{"role": "system", "content": system}] if system and system.strip() else []) + [
         {"role": "user", "content": content}
     ]
-    request = {"model": settings.server.served_model_name, "messages": messages, **to_openai(gen)}
+    request = {"model": model or settings.server.served_model_name, "messages": messages, **to_openai(gen)}
     url = f"http://{settings.server.host}:{settings.server.port}/v1"
     body = json.dumps(request, ensure_ascii=False, indent=2)
     fill = "".join(f"#   {n}: base64 -w0 {n}\n" for n in names)

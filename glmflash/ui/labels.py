@@ -6,6 +6,8 @@ LABELS = {
         "chat_tab": "Chat",
         "cost_tab": "Cost",
         "running": "Running **{model}** in {precision} on {device}",
+        "model_choice": "Model (LoRA adapter)",
+        "base_model": "{name} (base model)",
         "demo_banner": (
             "⚠️ **Demo model loaded**: the tiny test model has random weights, so its answers are "
             "meaningless. Load the real model with `GLMFLASH_MODEL=/path/to/GLM-4.6V-Flash ./start.sh` "
@@ -86,6 +88,8 @@ LABELS = {
         "chat_tab": "对话",
         "cost_tab": "成本",
         "running": "正在运行 **{model}**（{precision}，{device}）",
+        "model_choice": "模型（LoRA 适配器）",
+        "base_model": "{name}（基础模型）",
         "demo_banner": (
             "⚠️ **已加载演示模型**：这个测试模型的权重是随机的，回答没有意义。"
             "请用 `GLMFLASH_MODEL=/path/to/GLM-4.6V-Flash ./start.sh` 加载真实模型"

@@ -14,6 +14,7 @@ Requests that arrive during a batch wait for the next one (no continuous batchin
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 from collections import deque
@@ -44,8 +45,10 @@ class Batcher(Line):
         callers,
         cache_limit: int | None = None,
         think_ids: tuple[int, int] | None = None,
+        router=None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.router = router  # adapt.serve.Router when LoRA adapters are loaded: per-row adapters
         self.think_ids = think_ids  # the ids of <think> and </think>, for thinking budgets
         # compiled decoding: the static cache kept between batches, and its longest length
         self.caches = CacheKeeper(model.config.get_text_config(decoder=True))
@@ -172,8 +175,9 @@ class Batcher(Line):
         if rows[0].seed is not None:
             torch.manual_seed(rows[0].seed)
         self.generating = True
+        adapters = self.router.rows([r.adapter for r in rows]) if self.router else contextlib.nullcontext()
         try:
-            with torch.inference_mode():  # a kept cache's tensors are inference tensors
+            with torch.inference_mode(), adapters:  # a kept cache's tensors are inference tensors
                 if compiled:
                     inputs["past_key_values"] = self.caches.get(len(rows), length)
                 self.model.generate(

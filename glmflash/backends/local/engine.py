@@ -67,6 +67,14 @@ class Engine(EngineBase):
                 "use GLMFLASH_QUANTIZER=torchao).",
                 type(quantizer).__name__,
             )
+        if self.compiled and info.adapters:  # each row's adapter is a Python choice per forward
+            log.warning("GLMFLASH_COMPILE is ignored: LoRA adapters decode eager.")
+            self.compiled = False
+        self.router = None  # with adapters: which adapter each row of a batch takes
+        if info.adapters:
+            from ...adapt.serve import Router
+
+            self.router = Router.of(model, info.adapter or None)
         scheduler = settings.batching.scheduler
         if scheduler not in ("auto", "token", "static"):
             raise InvalidRequestError(
@@ -90,16 +98,19 @@ class Engine(EngineBase):
         *,
         stop_event: threading.Event | None = None,
         image_policy: ImagePolicy | None = None,
+        adapter: str | None = None,
         **gen,
     ) -> Iterator[Chunk]:
         """Validate and prepare now (errors raise here), then stream chunks as they are generated.
 
         `gen`: max_new_tokens, min_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
-        thinking, response_format. Set `stop_event` (or close the iterator) to cancel.
+        thinking, response_format. `adapter`: see EngineBase.stream. Set `stop_event` (or close the
+        iterator) to cancel.
         """
         started = time.perf_counter()
         ticket = _Ticket(self)  # on its way: the batcher waits for it
         try:
+            chosen = self.choose_adapter(adapter)
             request = prepare(
                 messages, gen, self.settings.limits, image_policy or self.image_policy,
                 control_tokens=self.control_tokens, started=started,
@@ -109,7 +120,7 @@ class Engine(EngineBase):
         except BaseException:
             ticket.release()
             raise
-        chunks = self._run(ticket, request, prompt, template, stop_event or threading.Event())
+        chunks = self._run(ticket, request, prompt, template, stop_event or threading.Event(), chosen)
         weakref.finalize(chunks, ticket.release)  # a stream never read still leaves
         return chunks
 
@@ -266,6 +277,7 @@ class Engine(EngineBase):
                     prefill_chunk=self.settings.batching.prefill_chunk,
                     constraints=self._constraints,
                     think_ids=self._think_ids(),
+                    router=self.router,
                 )
             else:
                 self._batch = Batcher(
@@ -278,6 +290,7 @@ class Engine(EngineBase):
                     callers=lambda: self._active,
                     cache_limit=self.context_tokens,
                     think_ids=self._think_ids(),
+                    router=self.router,
                 )
             return self._batch
 
@@ -303,7 +316,7 @@ class Engine(EngineBase):
         finally:
             ticket.release()
 
-    def _chunks(self, ticket, request: Request, prompt, template, stop) -> Iterator[Chunk]:
+    def _chunks(self, ticket, request: Request, prompt, template, stop, adapter) -> Iterator[Chunk]:
         options = request.options
         config = options.generation_config(self.model.generation_config)
         config.eos_token_id = sorted(self.stop_ids)  # the checkpoint's list may lack the turn ends
@@ -337,6 +350,7 @@ class Engine(EngineBase):
                 inputs if alone else inputs(), config, batch_key(config),
                 (stop, halt), options.seed, template,
                 thinking_budget=options.thinking_budget if options.thinking else None, thinking_open=opened,
+                adapter=adapter,
             )  # fmt: skip
             for token, at in batcher.tokens(row, on_queued=ticket.release):
                 if stage.stopped:  # tokens made before the row ended: not part of the answer

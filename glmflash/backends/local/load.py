@@ -392,11 +392,12 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     model_obj, processor = load_model(checkpoint, placement, settings.model.quantizer)
     if checkpoint.demo:
         log.warning("The tiny demo model is loaded: its answers are meaningless.")
-    model_id = checkpoint.model_id
+    model_id, adapters = checkpoint.model_id, []
     if settings.model.adapter:
-        from ...adapt.serve import attach_adapter
+        from ...adapt.serve import attach_adapters
 
-        model_id = f"{model_id}+{attach_adapter(model_obj, settings.model.adapter, base=model_id)}"
+        adapters = attach_adapters(model_obj, settings.model.adapter, base=model_id)
+        model_id = f"{model_id}+{adapters[0]}"  # what answers when a request names none
     info = EngineInfo(
         model_id=model_id,
         source=checkpoint.source,
@@ -408,6 +409,8 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         max_image_pixels=settings.limits.max_image_pixels,
         demo_model=checkpoint.demo,
         placement_reason=placement.reason,
+        adapters=tuple(adapters),
+        adapter=adapters[0] if adapters else "",
     )
     return Engine(model_obj, processor, info, settings)
 

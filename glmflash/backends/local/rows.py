@@ -35,6 +35,7 @@ class RowRequest:
     template: object = None  # its compiled JSON grammar, or None
     thinking_budget: int | None = None  # thinking tokens before </think> is forced
     thinking_open: bool = False  # the prompt itself opened <think>
+    adapter: str | None = None  # the LoRA adapter it takes (None: the base model)
 
 
 @dataclass(eq=False)

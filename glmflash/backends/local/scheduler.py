@@ -25,6 +25,7 @@ graphs) still uses the static batcher (batcher.py); this loop runs eager.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import time
 from collections import deque
@@ -97,8 +98,10 @@ class Scheduler(Line):
         prefill_chunk: int,
         constraints,
         think_ids: tuple[int, int] | None = None,
+        router=None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
+        self.router = router  # adapt.serve.Router when LoRA adapters are loaded
         self.slots = max(1, slots)
         self.chunk = max(1, prefill_chunk)
         self.constraints, self.think_ids = constraints, think_ids
@@ -224,14 +227,15 @@ class Scheduler(Line):
             return
         alone = len(job.rows) == 1  # a group fits in one chunk; a row alone may take several
         end = min(job.width, job.done + self.chunk) if alone else job.width
-        out = self.model(
-            inputs_embeds=job.embeds[:, job.done : end],
-            position_ids=job.positions[:, :, job.done : end],
-            attention_mask=None if alone else job.mask,
-            past_key_values=job.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with self._adapters(job.rows):
+            out = self.model(
+                inputs_embeds=job.embeds[:, job.done : end],
+                position_ids=job.positions[:, :, job.done : end],
+                attention_mask=None if alone else job.mask,
+                past_key_values=job.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         job.done, job.chunks = end, job.chunks + 1
         if end < job.width:
             return
@@ -300,17 +304,22 @@ class Scheduler(Line):
         hidden = torch.arange(width + 1, device=device)[None, :] < starts[:, None]
         mask = torch.zeros(hidden.shape, dtype=self.model.dtype, device=device)
         mask.masked_fill_(hidden, torch.finfo(self.model.dtype).min)
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions[None].expand(3, -1, -1),
-            attention_mask=mask[:, None, None, :],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
+        with self._adapters([live.row for live in self.live]):
+            out = self.model(
+                input_ids=ids,
+                position_ids=positions[None].expand(3, -1, -1),
+                attention_mask=mask[:, None, None, :],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
         self.steps += 1
         for live in self.live:
             live.position += 1
         self._pick(self.live, out.logits[:, -1].float())
+
+    def _adapters(self, rows: list[Row]):
+        """Each row's own LoRA adapter for the forward in hand (nothing to choose without any)."""
+        return self.router.rows([row.adapter for row in rows]) if self.router else contextlib.nullcontext()
 
     def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
         """Each row's next token (every setting its own), handed to its caller."""

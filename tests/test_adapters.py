@@ -1,0 +1,207 @@
+"""Several LoRA adapters served at once by the real tiny model: each request takes the adapter it
+names (or the base model), also when requests for different adapters decode in one batch, through
+the library, the API's `model` field (with the official openai client) and the page's model
+selector (in headless Chromium); unknown names and unservable adapters are clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+
+import pytest
+import torch
+
+import glmflash
+from glmflash.errors import InvalidRequestError
+from tests.conftest import png_bytes
+from tests.server_helpers import running_server
+
+peft = pytest.importorskip("peft")
+openai = pytest.importorskip("openai")
+
+QUESTION = [{"role": "user", "content": [{"type": "image", "image": png_bytes(seed=3, noise=True)},
+                                         {"type": "text", "text": "What is in the picture?"}]}]  # fmt: skip
+GREEDY = {"max_new_tokens": 16, "temperature": 0, "thinking": False}
+
+
+def make_adapter(cache_dir, folder, seed, target):
+    """A LoRA adapter with random (non-zero) weights, saved as finetune saves one."""
+    engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+    torch.manual_seed(seed)
+    config = peft.LoraConfig(r=4, lora_alpha=32, target_modules=target, init_lora_weights=False)
+    peft.get_peft_model(engine.model, config).save_pretrained(str(folder))
+    (folder / "glmflash.json").write_text(json.dumps({"base_model": engine.info.model_id}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, cache_dir):
+    from glmflash.adapt.train import TARGET
+
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: make_adapter(cache_dir, root / name, seed, TARGET)
+        for seed, name in enumerate(["alpha", "beta"])
+    }
+
+
+@pytest.fixture(scope="module")
+def multi(adapters, cache_dir):
+    spec = ",".join(f"{name}={folder}" for name, folder in adapters.items())
+    return glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=spec, max_batch_size=8)
+
+
+def answers(engine, **extra) -> dict:
+    return {
+        name: engine.chat(QUESTION, adapter=name, **GREEDY, **extra).text for name in ("", "alpha", "beta")
+    }
+
+
+@pytest.fixture(scope="module")
+def alone(multi) -> dict:
+    """Each choice's greedy answer, one request at a time; base, alpha and beta each differ."""
+    found = answers(multi)
+    assert len(set(found.values())) == 3, found
+    return found
+
+
+def test_each_adapter_answers_as_it_does_loaded_alone(multi, alone, adapters, engine, cache_dir):
+    assert multi.info.adapters == ("alpha", "beta") and multi.info.adapter == "alpha"
+    assert multi.info.model_id.endswith("+alpha")
+    assert multi.chat(QUESTION, **GREEDY).text == alone["alpha"]  # naming none: the first adapter
+    assert engine.chat(QUESTION, **GREEDY).text == alone[""]  # "": the base model, untouched
+    only_beta = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(adapters["beta"]))
+    assert only_beta.chat(QUESTION, **GREEDY).text == alone["beta"]
+
+
+@pytest.mark.parametrize("scheduler", ["token", "static"])
+def test_requests_for_different_adapters_share_a_batch_and_keep_their_own(multi, alone, scheduler):
+    from tests.server_helpers import engine_with
+
+    served = engine_with(multi, scheduler=scheduler, max_batch_size=8, batch_wait_ms=200)
+    got: dict = {}
+
+    def ask(name, i):
+        got[name, i] = served.chat(QUESTION, adapter=name, **GREEDY).text
+
+    threads = [threading.Thread(target=ask, args=(name, i)) for i in range(2) for name in alone]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert {key: text for key, text in got.items()} == {(name, i): alone[name] for name, i in got}
+    assert len(got) == 6 and max(served._batch.sizes) >= 3  # rows of different adapters together
+
+
+def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, adapters, cache_dir, tmp_path):
+    with pytest.raises(InvalidRequestError, match=r"No adapter named 'gamma'.*alpha, beta"):
+        multi.chat(QUESTION, adapter="gamma", **GREEDY)
+    with pytest.raises(InvalidRequestError, match="used twice"):
+        glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir),
+                      adapter=f"{adapters['alpha']},{tmp_path / 'x' / 'alpha'}")  # fmt: skip
+    vision = make_adapter(cache_dir, tmp_path / "vision", 5, r".*visual.*\.(qkv|proj)")
+    with pytest.raises(InvalidRequestError, match=r"outside the language model.*merge-adapter"):
+        glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(vision))
+    assert multi.chat(QUESTION, adapter="beta", **GREEDY).text  # still serving
+
+
+def test_the_api_model_field_chooses_the_adapter(multi, alone):
+    with running_server(multi) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        listed = {m.id: (m.model_extra or {}).get("parent") for m in client.models.list().data}
+        assert listed == {"glm-4.6v-flash": None, "alpha": "glm-4.6v-flash", "beta": "glm-4.6v-flash"}
+        messages = [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _b64(QUESTION)}},
+            {"type": "text", "text": "What is in the picture?"}]}]  # fmt: skip
+        extra = {"chat_template_kwargs": {"enable_thinking": False}}
+
+        def reply(model, **more):
+            return client.chat.completions.create(
+                model=model, messages=messages, max_tokens=16, temperature=0, extra_body=extra, **more
+            )
+
+        for model, name in [("glm-4.6v-flash", ""), ("alpha", "alpha"), ("beta", "beta"),
+                            ("glm-4.6v-flash+beta", "beta")]:  # fmt: skip
+            answer = reply(model)
+            assert (answer.model, answer.choices[0].message.content) == (model, alone[name])
+        pieces = list(reply("beta", stream=True))
+        assert "".join(p.choices[0].delta.content or "" for p in pieces if p.choices) == alone["beta"]
+        assert {p.model for p in pieces} == {"beta"}
+        with pytest.raises(openai.NotFoundError, match=r"'gpt-4o' does not exist here.*alpha, beta"):
+            reply("gpt-4o")
+        assert reply("alpha").choices[0].message.content == alone["alpha"]  # still serving
+
+
+def test_the_remote_backend_lists_and_chooses_the_servers_adapters(multi, alone):
+    with running_server(multi) as (url, _):
+        remote = glmflash.load(f"{url}/v1")
+        assert remote.info.model_id == "glm-4.6v-flash" and remote.info.adapters == ("alpha", "beta")
+        assert remote.chat(QUESTION, adapter="beta", **GREEDY).text == alone["beta"]
+        assert remote.chat(QUESTION, **GREEDY).text == alone[""]  # a remote's default: its base model
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_ui import ARGS, CHROMIUM, api_call_text, serving, wait_for_figures
+
+    with serving(multi) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1300})
+        page.goto(url)
+        page.wait_for_selector("#model-choice input", timeout=60_000)
+        page.locator("#thinking input").uncheck()
+        page.locator("#advanced").click()
+        for box, value in (("#temperature", "0"), ("#max-tokens", "16")):
+            page.locator(f"{box} input[type=number]").fill(value)
+            page.locator(f"{box} input[type=number]").press("Enter")
+        shown = {}
+        for name in ("beta", "alpha"):
+            page.locator("#new-chat").click()
+            page.locator("#model-choice input").click()
+            page.get_by_role("option", name=name, exact=True).click()
+            page.locator("#ask input[type=file]").set_input_files(
+                [{"name": "noise.png", "mimeType": "image/png", "buffer": QUESTION[0]["content"][0]["image"]}]
+            )
+            page.wait_for_timeout(300)
+            page.locator("#ask textarea").fill("What is in the picture?")
+            page.locator("#ask textarea").press("Enter")
+            wait_for_figures(page)
+            shown[name] = page.locator("#chat .bot, #chat [data-testid=bot]").last.inner_text()
+            assert f'"model": "{name}"' in api_call_text(page)
+            page.locator("#api-accordion").click()  # closed again: the next answer's call is awaited
+        browser.close()
+    for name, text in shown.items():
+        assert _words(alone[name]) in _words(text), (name, text, alone[name])
+    assert _words(shown["alpha"]) != _words(shown["beta"])
+
+
+def _words(text: str) -> str:
+    """Letters and digits only: the page renders answers as Markdown."""
+    return "".join(re.findall(r"\w", text))
+
+
+def _b64(question) -> str:
+    import base64
+
+    return base64.b64encode(question[0]["content"][0]["image"]).decode()
+
+
+def test_adapter_lists_take_every_form_the_settings_and_flags_give(tmp_path):
+    from glmflash.adapt.serve import parse_adapters
+    from glmflash.cli import build_parser
+
+    a, b = tmp_path / "alpha", tmp_path / "b"
+    expected = [("alpha", a), ("beta", b)]
+    assert parse_adapters(f"{a}, beta={b}") == expected  # GLMFLASH_ADAPTER
+    assert parse_adapters([str(a), f"beta={b}"]) == expected
+    assert parse_adapters({"alpha": a, "beta": b}) == expected
+    assert parse_adapters("") == [] and parse_adapters(None) == []
+    args = build_parser().parse_args(["serve", "--adapter", str(a), "--adapter", f"beta={b}"])
+    assert parse_adapters(",".join(args.adapter)) == expected
+    for bad in (f"{a},{tmp_path / 'x' / 'alpha'}", f"a+b={a}"):
+        with pytest.raises(InvalidRequestError, match="give each adapter its own name"):
+            parse_adapters(bad)
