@@ -7,6 +7,7 @@ contract test suite (tests/test_contract.py); nobody probes for attributes beyon
 from __future__ import annotations
 
 import abc
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -65,6 +66,14 @@ class EngineBase(abc.ABC):
             raise InvalidRequestError(f"No adapter named {adapter!r} (adapters: {listed}).", param="adapter")
         return adapter
 
+    def with_adapter(self, adapter: str) -> EngineBase:
+        """This engine answering with `adapter` ("": the base model) where a request names none,
+        under the model id BASE+NAME (so batch job ids and eval runs tell them apart)."""
+        chosen = self.choose_adapter(adapter) or ""
+        if chosen == self.info.adapter:
+            return self
+        return _AdapterView(self, chosen)
+
     def warm_up(self) -> float:
         """Do before serving what would otherwise make the first callers wait (compiling);
         returns the seconds it took."""
@@ -79,3 +88,31 @@ class EngineBase(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: an engine may hold nothing
         """Release what the engine holds; it serves nothing after this."""
+
+
+class _AdapterView(EngineBase):
+    """An engine whose requests take another adapter by default (EngineBase.with_adapter); it
+    owns nothing, so closing it leaves the engine serving."""
+
+    def __init__(self, engine: EngineBase, adapter: str):
+        info = engine.info
+        base = info.model_id.removesuffix(f"+{info.adapter}") if info.adapter else info.model_id
+        self.engine, self.settings = engine, engine.settings
+        self.info = dataclasses.replace(
+            info, model_id=f"{base}+{adapter}" if adapter else base, adapter=adapter
+        )
+
+    def stream(self, messages, *, adapter: str | None = None, **kwargs) -> Iterator[Chunk]:
+        return self.engine.stream(
+            messages, adapter=self.info.adapter if adapter is None else adapter, **kwargs
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.busy
+
+    def memory(self) -> Memory | None:
+        return self.engine.memory()
+
+    def reset_peak_memory(self) -> None:
+        self.engine.reset_peak_memory()

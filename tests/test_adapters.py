@@ -95,6 +95,25 @@ def test_requests_for_different_adapters_share_a_batch_and_keep_their_own(multi,
     assert len(got) == 6 and max(served._batch.sizes) >= 3  # rows of different adapters together
 
 
+def test_an_engine_view_answers_with_another_adapter_in_batch_jobs_too(multi, alone, tmp_path):
+    from glmflash.jobs.runner import default_errors_path, run_job
+    from glmflash.jobs.tasks import load_task
+
+    beta, base = multi.with_adapter("beta"), multi.with_adapter("")
+    assert multi.with_adapter("alpha") is multi
+    assert (beta.info.model_id, base.info.model_id) == ("glmflash/tiny+beta", "glmflash/tiny")
+    assert beta.chat(QUESTION, **GREEDY).text == alone["beta"]
+    assert beta.chat(QUESTION, adapter="", **GREEDY).text == alone[""]  # a request's own choice wins
+    assert base.chat(QUESTION, **GREEDY).text == alone[""]
+    (tmp_path / "a.png").write_bytes(png_bytes(seed=4, noise=True))
+    task = load_task("moderation")
+    for view in (beta, multi):
+        run_job(view, task, [tmp_path / "a.png"], tmp_path / "out.jsonl", retries=0)
+    written = [tmp_path / "out.jsonl", default_errors_path(tmp_path / "out.jsonl")]
+    models = [json.loads(line)["model"] for f in written if f.exists() for line in f.read_text().splitlines()]
+    assert sorted(models) == ["glmflash/tiny+alpha", "glmflash/tiny+beta"]  # two jobs, not one resumed
+
+
 def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, adapters, cache_dir, tmp_path):
     with pytest.raises(InvalidRequestError, match=r"No adapter named 'gamma'.*alpha, beta"):
         multi.chat(QUESTION, adapter="gamma", **GREEDY)

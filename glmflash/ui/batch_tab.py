@@ -23,8 +23,9 @@ CELL_CHARS = 160  # table cells are cut here; the downloads have everything
 LONG_CELL = 40
 
 
-def build_batch_tab(engine, settings) -> None:
-    """Add the tab's components and events to the Blocks being built."""
+def build_batch_tab(engine, settings, model_choice=None, engines=None) -> None:
+    """Add the tab's components and events to the Blocks being built. `model_choice`: the header's
+    model selector, whose value picks the engine from `engines` (model id -> engine)."""
     t = labels(settings.server.lang)
     switches = StopSwitches()
 
@@ -62,7 +63,7 @@ def build_batch_tab(engine, settings) -> None:
                 label=t["batch_downloads"], interactive=False, visible=False, elem_id="batch-downloads"
             )
 
-    def run_batch(uploads, name, lang, what, request: gr.Request):
+    def run_batch(uploads, name, lang, what, model, request: gr.Request):
         paths = [Path(upload_path(f)) for f in uploads or []]
         if not paths:
             gr.Warning(t["batch_no_files"])
@@ -77,7 +78,7 @@ def build_batch_tab(engine, settings) -> None:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         folder = Path(tempfile.mkdtemp(prefix="glmflash-batch-"))  # fresh per run: nothing is skipped
-        job = _Job(engine, task, paths, folder)
+        job = _Job((engines or {}).get(model, engine), task, paths, folder)
         switches.hold(request, job)
         shown = None  # (results, errors) counts last sent: the tables are only resent when they grow
         try:
@@ -106,7 +107,7 @@ def build_batch_tab(engine, settings) -> None:
     # One batch at a time; a second one waits in the queue (the engine runs one generation anyway).
     run.click(
         run_batch,
-        [files, task_name, language, find],
+        [files, task_name, language, find, model_choice if model_choice is not None else gr.State(None)],
         [status, table, errors, downloads, run],
         concurrency_limit=1,
     )

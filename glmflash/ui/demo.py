@@ -33,11 +33,11 @@ def build_demo(engine, settings) -> gr.Blocks:
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
     info = engine.info
     limit = settings.limits.max_new_tokens_limit
-    models = served_models(info, settings.server.served_model_name)  # model id -> its adapter
+    engines = _by_model(engine, settings)  # the header's choices: model id -> engine answering so
 
     def respond(request: gr.Request, message, chat, history, system, pages, model, *values):
         gen = _generation(dict(zip(controls, values, strict=True)))
-        adapter = {"adapter": models[model]} if model in models else {}  # the header's choice
+        answering = engines.get(model, engine)  # the header's choice
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
         if not text and not files:
@@ -52,8 +52,8 @@ def build_demo(engine, settings) -> gr.Blocks:
             }
             system_turn = [{"role": "system", "content": system}] if system and system.strip() else []
             # The engine checks and decodes everything here, before any output.
-            stream = engine.stream(
-                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, **adapter, **gen
+            stream = answering.stream(
+                [*system_turn, *history, turn], stop_event=stop, image_policy=policy, **gen
             )
         except GlmflashError as exc:
             gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
@@ -166,9 +166,9 @@ def build_demo(engine, settings) -> gr.Blocks:
         with gr.Tab(t["cost_tab"], elem_id="cost-tab"):
             cost_inputs, cost_table, cost_plot, cost_update = build_cost_tab(settings.server.lang)
         with gr.Tab(t["batch_tab"], elem_id="batch-tab"):
-            build_batch_tab(engine, settings)
+            build_batch_tab(engine, settings, model_choice, engines)
         with gr.Tab(t["eval_tab"], elem_id="eval-tab"):
-            build_eval_tab(engine, settings)
+            build_eval_tab(engine, settings, model_choice, engines)
         history = gr.State([])
         last_input = gr.State(None)
         with gr.Row(visible=False):
@@ -307,6 +307,15 @@ def _generation(values: dict) -> dict:
         if isinstance(value, float) and value.is_integer() and OPTIONS[name].kind == "int":
             gen[name] = int(value)  # sliders and number boxes give floats
     return gen
+
+
+def _by_model(engine, settings) -> dict:
+    """With LoRA adapters: each model id the API takes (the base model's, each adapter's), with
+    the engine answering as it; nothing to choose otherwise."""
+    if not engine.info.adapters:
+        return {}
+    choices = served_models(engine.info, settings.server.served_model_name)
+    return {model: engine.with_adapter(adapter) for model, adapter in choices.items()}
 
 
 def _model_choice(info, settings, t):

@@ -30,8 +30,9 @@ MAX_ZIP_ENTRIES = 5_000
 MAX_ZIP_BYTES = 2_000_000_000  # unpacked, in all
 
 
-def build_eval_tab(engine, settings) -> None:
-    """Add the tab's components and events to the Blocks being built."""
+def build_eval_tab(engine, settings, model_choice=None, engines=None) -> None:
+    """Add the tab's components and events to the Blocks being built. `model_choice`: the header's
+    model selector, whose value picks the engine from `engines` (model id -> engine)."""
     t = labels(settings.server.lang)
     switches = StopSwitches()
 
@@ -62,7 +63,7 @@ def build_eval_tab(engine, settings) -> None:
 
     skip = (gr.skip(),) * 6
 
-    def evaluate(uploads, name, request: gr.Request):
+    def evaluate(uploads, name, model, request: gr.Request):
         folder = Path(tempfile.mkdtemp(prefix="glmflash-eval-"))
         run_: _Run | None = None
         try:
@@ -75,7 +76,7 @@ def build_eval_tab(engine, settings) -> None:
                 gr.Warning(exc.message)
                 yield skip
                 return
-            run_ = _Run(engine, task, data, folder / "run")
+            run_ = _Run((engines or {}).get(model, engine), task, data, folder / "run")
             switches.hold(request, run_)
             run_.start()
             while run_.running():
@@ -106,7 +107,13 @@ def build_eval_tab(engine, settings) -> None:
             switches.release(request)
             shutil.rmtree(folder, ignore_errors=True)  # the report was copied into Gradio's cache
 
-    run.click(evaluate, [files, task_name], [status, table, details, plot, report, run], concurrency_limit=1)
+    choice = [model_choice if model_choice is not None else gr.State(None)]
+    run.click(
+        evaluate,
+        [files, task_name, *choice],
+        [status, table, details, plot, report, run],
+        concurrency_limit=1,
+    )
     stop.click(switches.stop, None, None, queue=False)
 
 
