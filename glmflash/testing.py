@@ -270,3 +270,25 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, *, template: str = "vision")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def random_adapter(
+    folder: str | os.PathLike, *, seed: int = 0, cache_dir: str | None = None, target: str | None = None
+) -> Path:
+    """A LoRA adapter for the tiny model with random, non-zero weights, laid out as `finetune`
+    writes one (peft's files and glmflash.json): adapter serving tested and measured in seconds.
+    `target`: a module regex (default: finetune's, the language model's projections)."""
+    import peft
+    import torch
+
+    import glmflash
+
+    from .adapt.train import TARGET
+
+    engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=cache_dir)  # its own: peft changes it
+    torch.manual_seed(seed)
+    config = peft.LoraConfig(r=4, lora_alpha=32, target_modules=target or TARGET, init_lora_weights=False)
+    folder = Path(folder)
+    peft.get_peft_model(engine.model, config).save_pretrained(str(folder))
+    (folder / "glmflash.json").write_text(json.dumps({"base_model": engine.info.model_id}))
+    return folder

@@ -11,14 +11,14 @@ import shutil
 import threading
 
 import pytest
-import torch
 
 import glmflash
 from glmflash.errors import InvalidRequestError
+from glmflash.testing import random_adapter
 from tests.conftest import png_bytes
 from tests.server_helpers import running_server
 
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
 openai = pytest.importorskip("openai")
 
 QUESTION = [{"role": "user", "content": [{"type": "image", "image": png_bytes(seed=3, noise=True)},
@@ -26,25 +26,11 @@ QUESTION = [{"role": "user", "content": [{"type": "image", "image": png_bytes(se
 GREEDY = {"max_new_tokens": 16, "temperature": 0, "thinking": False}
 
 
-def make_adapter(cache_dir, folder, seed, target):
-    """A LoRA adapter with random (non-zero) weights, saved as finetune saves one."""
-    engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
-    torch.manual_seed(seed)
-    config = peft.LoraConfig(r=4, lora_alpha=32, target_modules=target, init_lora_weights=False)
-    peft.get_peft_model(engine.model, config).save_pretrained(str(folder))
-    (folder / "glmflash.json").write_text(json.dumps({"base_model": engine.info.model_id}))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, cache_dir):
-    from glmflash.adapt.train import TARGET
-
     root = tmp_path_factory.mktemp("adapters")
-    return {
-        name: make_adapter(cache_dir, root / name, seed, TARGET)
-        for seed, name in enumerate(["alpha", "beta"])
-    }
+    return {name: random_adapter(root / name, seed=seed, cache_dir=str(cache_dir))
+            for seed, name in enumerate(["alpha", "beta"])}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +106,19 @@ def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, adapters,
     with pytest.raises(InvalidRequestError, match="used twice"):
         glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir),
                       adapter=f"{adapters['alpha']},{tmp_path / 'x' / 'alpha'}")  # fmt: skip
-    vision = make_adapter(cache_dir, tmp_path / "vision", 5, r".*visual.*\.(qkv|proj)")
+    vision = random_adapter(
+        tmp_path / "vision", seed=5, cache_dir=str(cache_dir), target=r".*visual.*\.(qkv|proj)"
+    )
     with pytest.raises(InvalidRequestError, match=r"outside the language model.*merge-adapter"):
         glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(vision))
     assert multi.chat(QUESTION, adapter="beta", **GREEDY).text  # still serving
 
 
-def test_the_api_model_field_chooses_the_adapter(multi, alone):
-    with running_server(multi) as (url, _):
+def test_the_api_model_field_chooses_the_adapter(multi, alone, tmp_path):
+    import httpx
+
+    with running_server(multi, audit_log=str(tmp_path / "audit.jsonl")) as (url, _):
+        assert httpx.get(f"{url}/ready").json()["adapters"] == ["alpha", "beta"]
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         listed = {m.id: (m.model_extra or {}).get("parent") for m in client.models.list().data}
         assert listed == {"glm-4.6v-flash": None, "alpha": "glm-4.6v-flash", "beta": "glm-4.6v-flash"}
@@ -151,6 +142,8 @@ def test_the_api_model_field_chooses_the_adapter(multi, alone):
         with pytest.raises(openai.NotFoundError, match=r"'gpt-4o' does not exist here.*alpha, beta"):
             reply("gpt-4o")
         assert reply("alpha").choices[0].message.content == alone["alpha"]  # still serving
+    logged = [json.loads(line)["model"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert logged[:4] == ["glm-4.6v-flash", "alpha", "beta", "glm-4.6v-flash+beta"]
 
 
 def test_the_remote_backend_lists_and_chooses_the_servers_adapters(multi, alone):

@@ -83,7 +83,8 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         info = engine.info
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        return {"status": "ready", "model": info.model_id, "demo_model": info.demo_model}
+        return {"status": "ready", "model": info.model_id, "adapters": list(info.adapters),
+                "demo_model": info.demo_model}  # fmt: skip
 
     @app.get("/metrics")
     async def metrics():
@@ -122,7 +123,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         model, adapter = chosen(body.model)
         state.admit()
         messages = body.message_dicts()
-        record = _audit_record(request, identity, messages, body.stream)
+        record = {**_audit_record(request, identity, messages, body.stream), "model": model}
         call = EngineCall(
             engine, messages, {**options, **adapter}, state.image_policy,
             stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
