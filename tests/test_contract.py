@@ -64,6 +64,16 @@ def test_both_are_engines_with_info_and_settings(any_engine):
     any_engine.reset_peak_memory()
 
 
+def test_adapters_without_any_loaded_the_base_model_answers_and_names_are_refused(any_engine):
+    assert any_engine.info.adapters == () and any_engine.info.adapter == ""
+    assert any_engine.with_adapter("") is any_engine
+    with pytest.raises(InvalidRequestError, match="No adapter named 'moderation'"):
+        any_engine.chat(question(), adapter="moderation", max_new_tokens=4)
+    with pytest.raises(InvalidRequestError, match="No adapter named"):
+        any_engine.with_adapter("moderation")
+    assert any_engine.chat(question(), adapter="", max_new_tokens=4).finish_reason in ("stop", "length")
+
+
 def test_stream_ends_with_one_final_chunk_and_chat_collects_it(any_engine):
     options = {"max_new_tokens": 12, "min_new_tokens": 12, "temperature": 0, "thinking": False}
     chunks = list(any_engine.stream(question(), **options))

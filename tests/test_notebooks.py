@@ -65,7 +65,7 @@ EXPECTED = {
             "batch: finished:",
             "corrected: 12",
             "training loss:",
-            "model: glmflash/tiny+adapter",
+            "model: glmflash/tiny+warning - adapters: ('warning',)",
             "same answer as base + adapter: True",
         ],
     ),
