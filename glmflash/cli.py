@@ -97,7 +97,7 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _model_flags(parser: argparse.ArgumentParser) -> None:
+def _model_flags(parser: argparse.ArgumentParser, *, adapter: bool = True) -> None:
     parser.add_argument("--model", help="auto, tiny, a hub id or a folder (GLMFLASH_MODEL)")
     parser.add_argument("--precision", help="auto, bf16, fp16, fp32, int8, int4 (GLMFLASH_PRECISION)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (GLMFLASH_DEVICE)")
@@ -107,6 +107,8 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile", action="store_true", default=None, help="static cache + torch.compile (GLMFLASH_COMPILE)"
     )
+    if not adapter:  # the command works on the base model alone (training, merging)
+        return
     parser.add_argument(
         "--adapter", action="append",
         help="a LoRA adapter folder from `finetune`, or NAME=FOLDER; repeat to serve several, "
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("training-data", "finetune", "merge-adapter"):
             from .commands import finetune
 
-            return finetune.run(args, lambda: _load(args, settings))
+            base = settings.replace(adapter="")  # trains on, and merges into, the base model alone
+            return finetune.run(args, lambda: _load(args, base))
         for path in getattr(args, "images", []):
             if not os.path.isfile(path):
                 raise ImageError(f"No such image file: {path}")

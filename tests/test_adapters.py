@@ -217,3 +217,17 @@ def test_adapter_lists_take_every_form_the_settings_and_flags_give(tmp_path):
     for bad in (f"{a},{tmp_path / 'x' / 'alpha'}", f"a+b={a}"):
         with pytest.raises(InvalidRequestError, match="give each adapter its own name"):
             parse_adapters(bad)
+
+
+def test_merge_adapter_merges_into_the_base_model_even_with_adapters_in_the_environment(
+    adapters, alone, cache_dir, tmp_path
+):
+    from tests.conftest import run_cli
+
+    merged = tmp_path / "merged"
+    env = {"GLMFLASH_ADAPTER": str(adapters["beta"]), "GLMFLASH_CACHE_DIR": str(cache_dir)}
+    done = run_cli(
+        "merge-adapter", str(adapters["alpha"]), "--out", str(merged), "--model=tiny", env_extra=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert glmflash.load(str(merged), "fp32", "cpu").chat(QUESTION, **GREEDY).text == alone["alpha"]

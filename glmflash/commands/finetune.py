@@ -27,7 +27,7 @@ def add_parsers(commands, model_flags) -> None:
     data.add_argument("--out", required=True, help="folder for train.jsonl, val.jsonl, manifest.json")
 
     train = commands.add_parser("finetune", help="train a LoRA adapter on training-data's rows")
-    model_flags(train)
+    model_flags(train, adapter=False)
     train.add_argument("data", help="a folder from `training-data`")
     train.add_argument("--out", required=True, help="the adapter folder (checkpoints inside; resumes)")
     train.add_argument("--rank", type=int, default=16)
@@ -42,7 +42,7 @@ def add_parsers(commands, model_flags) -> None:
     train.add_argument("--no-progress", action="store_true")
 
     merge = commands.add_parser("merge-adapter", help="base weights + a LoRA adapter -> a full checkpoint")
-    model_flags(merge)
+    model_flags(merge, adapter=False)
     merge.add_argument("adapter_folder", help="the adapter folder")
     merge.add_argument("--out", required=True, help="folder for the merged checkpoint")
 
