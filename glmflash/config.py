@@ -85,7 +85,8 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    served_model_name: str = "glm-4.6v-flash"  # the id /v1/models lists; any id is accepted
+    # the id /v1/models lists: without adapters any id is accepted, with them it is the base model
+    served_model_name: str = "glm-4.6v-flash"
     api_keys: str = ""  # comma-separated keys, or the path of a file with one key per line
     jwt_secret: str = ""  # HS256 secret; tokens must carry `exp`
     allowed_ips: tuple[str, ...] = ()  # client CIDRs; empty = everyone

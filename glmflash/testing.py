@@ -273,11 +273,17 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, *, template: str = "vision")
 
 
 def random_adapter(
-    folder: str | os.PathLike, *, seed: int = 0, cache_dir: str | None = None, target: str | None = None
+    folder: str | os.PathLike,
+    *,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    target: str | list[str] | None = None,
+    **lora,
 ) -> Path:
     """A LoRA adapter for the tiny model with random, non-zero weights, laid out as `finetune`
     writes one (peft's files and glmflash.json): adapter serving tested and measured in seconds.
-    `target`: a module regex (default: finetune's, the language model's projections)."""
+    `target`: module names or a regex (default: finetune's, the language model's projections);
+    `lora`: further peft.LoraConfig settings."""
     import peft
     import torch
 
@@ -287,7 +293,9 @@ def random_adapter(
 
     engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=cache_dir)  # its own: peft changes it
     torch.manual_seed(seed)
-    config = peft.LoraConfig(r=4, lora_alpha=32, target_modules=target or TARGET, init_lora_weights=False)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=32, target_modules=target or TARGET, init_lora_weights=False, **lora
+    )
     folder = Path(folder)
     peft.get_peft_model(engine.model, config).save_pretrained(str(folder))
     (folder / "glmflash.json").write_text(json.dumps({"base_model": engine.info.model_id}))

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 import glmflash
+from glmflash.config import Settings
 from glmflash.errors import InvalidRequestError
 from glmflash.testing import random_adapter
 from tests.conftest import png_bytes
@@ -58,8 +59,9 @@ def test_each_adapter_answers_as_it_does_loaded_alone(multi, alone, adapters, en
     assert multi.info.model_id.endswith("+alpha")
     assert multi.chat(QUESTION, **GREEDY).text == alone["alpha"]  # naming none: the first adapter
     assert engine.chat(QUESTION, **GREEDY).text == alone[""]  # "": the base model, untouched
-    only_beta = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(adapters["beta"]))
-    assert only_beta.chat(QUESTION, **GREEDY).text == alone["beta"]
+    for name in ("alpha", "beta"):  # the router's choice against peft's own single adapter
+        only = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(adapters[name]))
+        assert only.chat(QUESTION, **GREEDY).text == alone[name]
 
 
 @pytest.mark.parametrize("scheduler", ["token", "static"])
@@ -100,18 +102,70 @@ def test_an_engine_view_answers_with_another_adapter_in_batch_jobs_too(multi, al
     assert sorted(models) == ["glmflash/tiny+alpha", "glmflash/tiny+beta"]  # two jobs, not one resumed
 
 
-def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, adapters, cache_dir, tmp_path):
+def test_mixed_prompts_and_chunked_prefills_keep_each_rows_adapter(multi):
+    """Prompts of other lengths (left-padded groups), text only and with images, and a prefill
+    cut into chunks, each row with its own adapter, all at once: each gets its alone answer."""
+    from tests.server_helpers import engine_with
+
+    served = engine_with(multi, scheduler="token", max_batch_size=9, prefill_chunk=24)
+    long = "Describe a long and winding road through hills. " * 4
+    prompts = [QUESTION, [{"role": "user", "content": "Hi"}], [{"role": "user", "content": long}]]
+    cases = [(p, name) for p in range(3) for name in ("", "alpha", "beta")]
+
+    def answer(case):
+        prompt, name = case
+        return served.chat(prompts[prompt], adapter=name, **GREEDY).text
+
+    alone = {case: answer(case) for case in cases}
+    got: dict = {}
+    threads = [threading.Thread(target=lambda c=case: got.update({c: answer(c)})) for case in cases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert got == alone
+    assert max(served._batch.sizes) >= 4 and any(chunks > 1 for _, chunks, _ in served._batch.prefills)
+
+
+def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, alone, adapters, cache_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from glmflash.server.app import create_app
+
+    def load(spec):
+        return glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=spec)
+
+    def made(name, **lora):
+        return random_adapter(tmp_path / name, seed=5, cache_dir=str(cache_dir), **lora)
+
     with pytest.raises(InvalidRequestError, match=r"No adapter named 'gamma'.*alpha, beta"):
         multi.chat(QUESTION, adapter="gamma", **GREEDY)
-    with pytest.raises(InvalidRequestError, match="used twice"):
-        glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir),
-                      adapter=f"{adapters['alpha']},{tmp_path / 'x' / 'alpha'}")  # fmt: skip
-    vision = random_adapter(
-        tmp_path / "vision", seed=5, cache_dir=str(cache_dir), target=r".*visual.*\.(qkv|proj)"
-    )
-    with pytest.raises(InvalidRequestError, match=r"outside the language model.*merge-adapter"):
-        glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir), adapter=str(vision))
-    assert multi.chat(QUESTION, adapter="beta", **GREEDY).text  # still serving
+    alpha = adapters["alpha"]
+    named = [(f"{alpha},{tmp_path / 'x' / 'alpha'}", "is used twice"), (f"v1.2={alpha}", "not letters"),
+             (f"__base__={alpha}", "not starting with _")]  # fmt: skip
+    for spec, why in named:
+        with pytest.raises(InvalidRequestError, match=why):
+            load(spec)
+    refused = {
+        "outside the language model's layers.*visual": made("vision", target=r".*visual.*\.(qkv|proj)"),
+        "outside the language model's layers.*embed_tokens": made("embed", target=["embed_tokens"]),
+        r"not a plain LoRA adapter \(use_dora\)": made("dora", use_dora=True),
+        r"not a plain LoRA adapter \(modules_to_save\)": made("saved", modules_to_save=["lm_head"]),
+    }
+    for why, folder in refused.items():
+        with pytest.raises(InvalidRequestError, match=why + ".*merge-adapter"):
+            load(str(folder))
+    torn = tmp_path / "torn"
+    shutil.copytree(alpha, torn)
+    weights = load_file(str(torn / "adapter_model.safetensors"))
+    kept = {key: value for i, (key, value) in enumerate(sorted(weights.items())) if i % 5}
+    save_file(kept, str(torn / "adapter_model.safetensors"))
+    with pytest.raises(InvalidRequestError, match="is incomplete: 5 of its weights are missing"):
+        load(str(torn))
+    assert load(",").info.adapters == ()  # an empty list: no adapters, not a traceback
+    with pytest.raises(InvalidRequestError, match="An adapter is named 'alpha', as the served model is"):
+        create_app(multi, Settings.build(served_model_name="alpha"))
+    assert multi.chat(QUESTION, adapter="beta", **GREEDY).text == alone["beta"]  # still serving
 
 
 def test_the_api_model_field_chooses_the_adapter(multi, alone, tmp_path):
@@ -142,26 +196,40 @@ def test_the_api_model_field_chooses_the_adapter(multi, alone, tmp_path):
         with pytest.raises(openai.NotFoundError, match=r"'gpt-4o' does not exist here.*alpha, beta"):
             reply("gpt-4o")
         assert reply("alpha").choices[0].message.content == alone["alpha"]  # still serving
+        bare = {"messages": messages, "max_tokens": 16, "temperature": 0, **extra}  # no model at all
+        answer = httpx.post(f"{url}/v1/chat/completions", json=bare).json()
+        assert (answer["model"], answer["choices"][0]["message"]["content"]) == ("alpha", alone["alpha"])
     logged = [json.loads(line)["model"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert logged[:4] == ["glm-4.6v-flash", "alpha", "beta", "glm-4.6v-flash+beta"]
 
 
 def test_the_remote_backend_lists_and_chooses_the_servers_adapters(multi, alone):
+    import dataclasses
+
+    from glmflash.backends.remote import RemoteEngine
+
     with running_server(multi) as (url, _):
         remote = glmflash.load(f"{url}/v1")
         assert remote.info.model_id == "glm-4.6v-flash" and remote.info.adapters == ("alpha", "beta")
         assert remote.chat(QUESTION, adapter="beta", **GREEDY).text == alone["beta"]
         assert remote.chat(QUESTION, **GREEDY).text == alone[""]  # a remote's default: its base model
+        named = RemoteEngine(f"{url}/v1", model="glm-4.6v-flash")  # a named model: adapters looked up too
+        assert named.info.adapters == ("alpha", "beta")
+        named.info = dataclasses.replace(named.info, adapters=())  # as if loaded after it started
+        assert named.chat(QUESTION, adapter="alpha", **GREEDY).text == alone["alpha"]
+        with pytest.raises(InvalidRequestError, match="No adapter named 'gamma'"):
+            named.chat(QUESTION, adapter="gamma", **GREEDY)
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
 def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
+    """The header's selector on the page for the engine, and on a page in front of a remote
+    engine whose server holds the adapters (its default: the backend's base model)."""
     from playwright.sync_api import sync_playwright
 
     from tests.test_ui import ARGS, CHROMIUM, api_call_text, serving, wait_for_figures
 
-    with serving(multi) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    def opened(browser, url):
         page = browser.new_page(viewport={"width": 1200, "height": 1300})
         page.goto(url)
         page.wait_for_selector("#model-choice input", timeout=60_000)
@@ -170,25 +238,40 @@ def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
         for box, value in (("#temperature", "0"), ("#max-tokens", "16")):
             page.locator(f"{box} input[type=number]").fill(value)
             page.locator(f"{box} input[type=number]").press("Enter")
-        shown = {}
-        for name in ("beta", "alpha"):
-            page.locator("#new-chat").click()
+        return page
+
+    def asked(page, name=None):
+        page.locator("#new-chat").click()
+        if name is not None:
             page.locator("#model-choice input").click()
             page.get_by_role("option", name=name, exact=True).click()
-            page.locator("#ask input[type=file]").set_input_files(
-                [{"name": "noise.png", "mimeType": "image/png", "buffer": QUESTION[0]["content"][0]["image"]}]
-            )
-            page.wait_for_timeout(300)
-            page.locator("#ask textarea").fill("What is in the picture?")
-            page.locator("#ask textarea").press("Enter")
-            wait_for_figures(page)
-            shown[name] = page.locator("#chat .bot, #chat [data-testid=bot]").last.inner_text()
-            assert f'"model": "{name}"' in api_call_text(page)
-            page.locator("#api-accordion").click()  # closed again: the next answer's call is awaited
+        page.locator("#ask input[type=file]").set_input_files(
+            [{"name": "noise.png", "mimeType": "image/png", "buffer": QUESTION[0]["content"][0]["image"]}]
+        )
+        page.wait_for_timeout(300)
+        page.locator("#ask textarea").fill("What is in the picture?")
+        page.locator("#ask textarea").press("Enter")
+        wait_for_figures(page)
+        text = page.locator("#chat .bot, #chat [data-testid=bot]").last.inner_text()
+        call = api_call_text(page)
+        page.locator("#api-accordion").click()  # closed again: the next answer's call is awaited
+        return text, call
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        with serving(multi) as url:
+            page = opened(browser, url)
+            assert page.locator("#model-choice input").input_value() == "alpha"  # the default
+            shown = {name: asked(page, name) for name in ("beta", "alpha")}
+        with running_server(multi) as (api, _), serving(glmflash.load(f"{api}/v1")) as url:
+            page = opened(browser, url)
+            assert page.locator("#model-choice input").input_value() == "glm-4.6v-flash (base model)"
+            remote = asked(page)
         browser.close()
-    for name, text in shown.items():
-        assert _words(alone[name]) in _words(text), (name, text, alone[name])
-    assert _words(shown["alpha"]) != _words(shown["beta"])
+    for name, (text, call) in shown.items():
+        assert _words(alone[name]) in _words(text) and f'"model": "{name}"' in call, (name, text, alone[name])
+    assert _words(shown["alpha"][0]) != _words(shown["beta"][0])
+    assert _words(alone[""]) in _words(remote[0]) and '"model": "glm-4.6v-flash"' in remote[1]
 
 
 def _words(text: str) -> str:

@@ -140,7 +140,7 @@ def test_bad_adapters_and_bad_data_are_clear_errors(made, adapter, cache_dir, tm
         finetune(fresh(cache_dir), made["data"], tmp_path / "big", TrainSettings(batch=64), progress=False)
     broken = tmp_path / "broken"
     broken.mkdir()
-    rows = (made["data"] / "train.jsonl").read_text().replace("i1.png", "missing.png")
+    rows = (made["data"] / "train.jsonl").read_text().replace("/images/", "/no-such-folder/")
     (broken / "train.jsonl").write_text(rows)
     with pytest.raises(InvalidRequestError, match="missing"):
         finetune(fresh(cache_dir), broken, tmp_path / "x", QUICK, progress=False)

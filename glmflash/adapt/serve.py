@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InvalidRequestError
 
 BASE_ROW = "__base__"  # peft's name for a row that takes no adapter
+NAME = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]*")  # an adapter's name: also a module key and a model id
+# adapter_config.json settings whose weights sit outside the LoRA layers or that peft cannot mix
+# in one batch: such an adapter could not be chosen per request
+UNSERVABLE = ("use_dora", "modules_to_save", "trainable_token_indices", "target_parameters")
 
 
 def parse_adapters(spec: str | Sequence[str] | dict | None) -> list[tuple[str, Path]]:
@@ -44,8 +50,7 @@ def parse_adapters(spec: str | Sequence[str] | dict | None) -> list[tuple[str, P
             name, folder = "", item
         path = Path(folder.strip()).expanduser()
         name = name.strip() or path.name
-        problem = "" if name else "is empty"
-        problem = problem or ("holds a +" if "+" in name else "")
+        problem = "" if NAME.fullmatch(name) else "is not letters, digits, - and _ (not starting with _)"
         problem = problem or ("is used twice" if any(name == seen for seen, _ in adapters) else "")
         if problem:
             raise InvalidRequestError(
@@ -75,6 +80,12 @@ def served_models(info, served_name: str) -> dict[str, str]:
     """The model ids a server answers to, each with the adapter it selects ("": the base model).
     The served name is the base model; an adapter answers to its name (as vLLM's --lora-modules
     names do) and to SERVED+NAME."""
+    if served_name in info.adapters:
+        raise InvalidRequestError(
+            f"An adapter is named {served_name!r}, as the served model is: rename it (NAME=FOLDER) or "
+            "set GLMFLASH_SERVED_MODEL_NAME.",
+            param="adapter",
+        )
     ids = {served_name: ""}
     for name in info.adapters:
         ids[name] = ids[f"{served_name}+{name}"] = name
@@ -88,7 +99,15 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
 
     require_peft()
     folder = Path(path).expanduser()
-    adapter_config(folder)
+    config = adapter_config(folder)
+    odd = [key for key in UNSERVABLE if config.get(key)]
+    kind = config.get("peft_type", "LORA")
+    if odd or kind != "LORA":
+        raise InvalidRequestError(
+            f"The adapter in {folder} is not a plain LoRA adapter ({', '.join(odd) or kind}): it "
+            "cannot be chosen per request. Serve a merged copy instead (python -m glmflash merge-adapter).",
+            param="adapter",
+        )
     trained_on = _trained_on(folder)
     if base and trained_on and trained_on != base:
         raise InvalidRequestError(
@@ -98,7 +117,7 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
         )
     name = name or folder.name
     try:
-        model.load_adapter(str(folder), adapter_name=name)
+        loaded = model.load_adapter(str(folder), adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as exc:  # shapes or module names that do not fit
         _detach(model, name)
         raise InvalidRequestError(
@@ -106,24 +125,35 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             f"another rank?): {str(exc).splitlines()[0][:300]}",
             param="adapter",
         ) from None
+    # transformers only warns about weights the folder lacks (they would stay at their start values)
+    ours = [k for k in getattr(loaded, "missing_keys", ()) if ".lora_" in k and f".{name}." in f"{k}."]
+    missing = sorted(ours)
+    if missing:
+        _detach(model, name)
+        raise InvalidRequestError(
+            f"The adapter in {folder} is incomplete: {len(missing)} of its weights are missing "
+            f"(e.g. {missing[0]}).",
+            param="adapter",
+        )
     return name
 
 
 def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
     """Attach every adapter in `spec` (see parse_adapters); returns their names, in order.
-    Adapters that change the vision tower are refused: a batch's images are encoded together,
-    so no row could have its own vision adapter (merge such an adapter with merge-adapter)."""
+    Adapters that change anything but the language model's layers are refused: a batch's images
+    are encoded together and its embeddings looked up together, so no row could have its own
+    vision or embedding adapter (merge such an adapter with merge-adapter)."""
     names: list[str] = []
     for name, folder in parse_adapters(spec):
         with _quiet() if names else contextlib.nullcontext():
             attach_adapter(model, folder, name, base=base)
-        touched = sorted({n.split(".lora_")[0] for n, _ in model.named_parameters()
-                          if f".{name}." in n and ".lora_" in n and "language_model" not in n})  # fmt: skip
+        ours = [n for n, _ in model.named_parameters() if f".{name}." in f"{n}." and ".lora_" in n]
+        touched = sorted({n.split(".lora_")[0] for n in ours if ".language_model.layers." not in n})
         if touched:
             _detach(model, name)
             raise InvalidRequestError(
-                f"The adapter in {folder} changes modules outside the language model ({touched[0]}, ...): "
-                "it cannot be chosen per request. Serve a merged copy instead "
+                f"The adapter in {folder} changes modules outside the language model's layers "
+                f"({touched[0]}, ...): it cannot be chosen per request. Serve a merged copy instead "
                 "(python -m glmflash merge-adapter).",
                 param="adapter",
             )
@@ -132,9 +162,10 @@ def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
 
 
 class Router:
-    """Tells each LoRA layer which adapter every row of the batch at hand takes. The decode loop
-    wraps each forward in `rows(names)`; a forward outside one (a caller's own `generate`) takes
-    `default` for every row. Names are adapter names, None for the base model."""
+    """Tells each LoRA layer which adapter every row of the batch at hand takes. A decode loop
+    wraps each forward in `rows(names)` (per thread: engines sharing a model do not mix); a
+    forward outside one (a caller's own `generate`) takes `default` for every row. Names are
+    adapter names, None for the base model."""
 
     @classmethod
     def of(cls, model, default: str | None) -> Router:
@@ -150,23 +181,28 @@ class Router:
         from peft.tuners.lora import LoraLayer
 
         self.default = default
-        self._names: list[str] | None = None
+        self._local = threading.local()  # .names and .same for the forward in hand on this thread
         for module in model.modules():
             if isinstance(module, LoraLayer):  # an nn.Module too
                 module.register_forward_pre_hook(self._hook, with_kwargs=True)  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def rows(self, names: Sequence[str | None]) -> Iterator[None]:
-        self._names = [name or BASE_ROW for name in names]
+        local = self._local
+        local.names = [name or BASE_ROW for name in names]
+        local.same = local.names[0] if len(set(local.names)) == 1 else None
         try:
             yield
         finally:
-            self._names = None
+            local.names = local.same = None
 
     def _hook(self, module, args, kwargs):
+        names = getattr(self._local, "names", None)
+        same = self._local.same if names else self.default or BASE_ROW
+        if same is not None and module.active_adapters == [same]:
+            return None  # every row takes the layer's active adapter: peft's plain path, no row gathering
         width = len(args[0]) if args else len(kwargs["x"])
-        names = self._names or [self.default or BASE_ROW] * width
-        return args, {**kwargs, "adapter_names": names}
+        return args, {**kwargs, "adapter_names": names or [same] * width}
 
 
 def merge(engine, adapter: str | Path, out: str | Path) -> Path:

@@ -35,6 +35,7 @@ from ..text.stage import FAMILY_CONTROL_TOKENS, TextStage
 from ..text.structured import OutputError, TruncatedOutputError
 
 RETRY_STATUS = (429, 502, 503)
+log = logging.getLogger("glmflash")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in our logs
 
 
@@ -67,8 +68,6 @@ class RemoteEngine(EngineBase):
         self._count_lock = threading.Lock()
         listed = self._models(required=model is None)
         self.model_name = model or listed[0]["id"]
-        # LoRA adapters the backend serves on this model (vLLM's --lora-modules list them so)
-        adapters = tuple(entry["id"] for entry in listed if entry.get("parent") == self.model_name)
         self.info = EngineInfo(
             model_id=self.model_name,
             source=self.base_url,
@@ -80,7 +79,7 @@ class RemoteEngine(EngineBase):
             max_image_pixels=self.settings.limits.max_image_pixels,
             demo_model=False,
             placement_reason=f"OpenAI-compatible backend at {self.base_url}",
-            adapters=adapters,
+            adapters=_adapters(listed, self.model_name),
         )
 
     @property
@@ -109,6 +108,12 @@ class RemoteEngine(EngineBase):
 
     # -- requests ---------------------------------------------------------------------------
 
+    def choose_adapter(self, adapter: str | None) -> str | None:
+        if adapter and adapter not in self.info.adapters:  # the backend may have loaded it since
+            adapters = _adapters(self._models(required=False), self.model_name)
+            self.info = dataclasses.replace(self.info, adapters=adapters)
+        return super().choose_adapter(adapter)
+
     def _models(self, *, required: bool) -> list[dict]:
         """The backend's /models entries. When a model was named they are only a nicety (which
         adapters it serves): one quick try, and a backend without the route lists none."""
@@ -121,9 +126,12 @@ class RemoteEngine(EngineBase):
                 response = self._client.get(self.base_url + "/models", timeout=5.0)
                 response.raise_for_status()
             models = [m for m in response.json().get("data") or [] if isinstance(m, dict) and "id" in m]
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
             if required:
                 raise BackendError(f"{self.base_url}/models gave no list of models: pass model=...") from None
+            log.warning(
+                "%s/models could not be read (%s): its LoRA adapters are not known", self.base_url, exc
+            )
             return []
         if required and not models:
             raise BackendError(f"{self.base_url}/models lists no model: pass model=... explicitly.")
@@ -272,6 +280,12 @@ def _usage(usage: dict | None, clock: Clock) -> Usage:
         int(usage.get("completion_tokens") or clock.count),
         int(completion.get("reasoning_tokens") or 0),
     )
+
+
+def _adapters(listed: list[dict], model: str) -> tuple[str, ...]:
+    """The LoRA adapters a backend serves on `model`: the /models entries whose parent it is, as
+    vLLM's --lora-modules and glmflash's --adapter list them."""
+    return tuple(entry["id"] for entry in listed if entry.get("parent") == model)
 
 
 def _data_url(image) -> str:

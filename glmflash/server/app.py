@@ -92,6 +92,11 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
 
     served = settings.server.served_model_name
     choices = served_models(engine.info, served)  # model id -> the adapter it selects
+    if engine.info.adapters:
+        log.info(
+            "model ids: %s is the base model; LoRA adapters: %s (a request naming none gets %s)",
+            served, ", ".join(engine.info.adapters), engine.info.adapter or served,
+        )  # fmt: skip
 
     @app.get("/v1/models")
     async def models(identity: str = Depends(caller)):
@@ -105,8 +110,8 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         any id is accepted; with them, the id chooses, and an unknown one is refused."""
         if not engine.info.adapters:
             return served, {}
-        if model is None:
-            return engine.info.model_id, {}
+        if model is None:  # the default: the first adapter, named as /v1/models lists it
+            return engine.info.adapter or served, {}
         if model not in choices:
             listed = ", ".join([served, *engine.info.adapters])
             raise ApiError(

@@ -325,7 +325,8 @@ def _model_choice(info, settings, t):
         return gr.State(None)
     served = settings.server.served_model_name
     options = [(t["base_model"].format(name=served), served), *((name, name) for name in info.adapters)]
-    return gr.Dropdown(options, value=info.adapter, label=t["model_choice"], elem_id="model-choice")
+    default = info.adapter or served  # a remote engine's default is its backend's model
+    return gr.Dropdown(options, value=default, label=t["model_choice"], elem_id="model-choice")
 
 
 def _api_call(files, text, system, gen: dict, settings, model: str | None = None) -> str:

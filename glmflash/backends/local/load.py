@@ -397,6 +397,7 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         from ...adapt.serve import attach_adapters
 
         adapters = attach_adapters(model_obj, settings.model.adapter, base=model_id)
+    if adapters:
         model_id = f"{model_id}+{adapters[0]}"  # what answers when a request names none
     info = EngineInfo(
         model_id=model_id,
