@@ -289,6 +289,7 @@ def random_adapter(
 
     import glmflash
 
+    from .adapt.serve import base_shape
     from .adapt.train import TARGET
 
     engine = glmflash.load("tiny", "fp32", "cpu", cache_dir=cache_dir)  # its own: peft changes it
@@ -297,6 +298,9 @@ def random_adapter(
         r=4, lora_alpha=32, target_modules=target or TARGET, init_lora_weights=False, **lora
     )
     folder = Path(folder)
+    shape = base_shape(engine.model.config)
     peft.get_peft_model(engine.model, config).save_pretrained(str(folder))
-    (folder / "glmflash.json").write_text(json.dumps({"base_model": engine.info.model_id}))
+    (folder / "glmflash.json").write_text(
+        json.dumps({"base_model": engine.info.model_id, "base_shape": shape})
+    )
     return folder

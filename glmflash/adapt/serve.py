@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..errors import InvalidRequestError
+
+log = logging.getLogger("glmflash")
 
 BASE_ROW = "__base__"  # peft's name for a row that takes no adapter
 NAME = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]*")  # an adapter's name: also a module key and a model id
@@ -108,13 +111,7 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             "cannot be chosen per request. Serve a merged copy instead (python -m glmflash merge-adapter).",
             param="adapter",
         )
-    trained_on = _trained_on(folder)
-    if base and trained_on and trained_on != base:
-        raise InvalidRequestError(
-            f"The adapter in {folder} was trained on {trained_on}, but {base} is loaded: load that "
-            "model, or train an adapter for this one.",
-            param="adapter",
-        )
+    _check_base(folder, model, base)
     name = name or folder.name
     try:
         loaded = model.load_adapter(str(folder), adapter_name=name)
@@ -224,12 +221,39 @@ def merge(engine, adapter: str | Path, out: str | Path) -> Path:
     return target
 
 
-def _trained_on(folder: Path) -> str | None:
-    """The base model id in the adapter's glmflash.json (adapters from elsewhere have none)."""
+def base_shape(config) -> dict:
+    """What identifies a base model's architecture, as training records it (glmflash.json)."""
+    text = config.get_text_config(decoder=True)
+    names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    return {name: getattr(text, name, None) for name in names}
+
+
+def _check_base(folder: Path, model, base: str | None) -> None:
+    """Refuse an adapter trained on another base model (its glmflash.json says which; adapters
+    from elsewhere say nothing). The same model loaded from a folder has another id: there the
+    recorded architecture decides, with a warning."""
     try:
-        return json.loads((folder / "glmflash.json").read_text("utf-8")).get("base_model")
+        trained = json.loads((folder / "glmflash.json").read_text("utf-8"))
+        trained_on, shape = trained.get("base_model"), trained.get("base_shape")
     except (OSError, ValueError, AttributeError):
-        return None
+        return
+    if not base or not trained_on or trained_on == base:
+        return
+    same_shape = shape is None or shape == base_shape(model.config)
+    if same_shape and (_is_folder(base) or _is_folder(trained_on)):
+        log.warning("The adapter in %s was trained on %s and %s is loaded: use it only if that is the "
+                    "same model.", folder, trained_on, base)  # fmt: skip
+        return
+    raise InvalidRequestError(
+        f"The adapter in {folder} was trained on {trained_on}, but {base} is loaded: load that model, "
+        "or train an adapter for this one.",
+        param="adapter",
+    )
+
+
+def _is_folder(model_id: str) -> bool:
+    """A model id that names a folder (here, or where the adapter was trained), not a hub id."""
+    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().is_dir()
 
 
 def _peft():

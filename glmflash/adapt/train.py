@@ -28,6 +28,7 @@ import torch
 
 from ..errors import InvalidRequestError, MissingDependencyError
 from .data import read_split
+from .serve import base_shape
 
 TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_up_proj|down_proj)"
 QLORA_BELOW_BYTES = 40 * 2**30  # cards with less memory train on 4-bit base weights (QLoRA)
@@ -131,6 +132,7 @@ def finetune(
             param="batch",
         )
     model = engine.model
+    shape = base_shape(model.config)
     config = peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                              target_modules=TARGET)  # fmt: skip
     model = peft.get_peft_model(model, config)
@@ -184,6 +186,7 @@ def finetune(
     report = {
         "settings": asdict(settings),
         "base_model": engine.info.model_id,
+        "base_shape": shape,
         "rows": {"train": len(train), "val": len(val)},
         "steps": trainer.state.global_step,
         "steps_per_s": trainer.state.global_step / seconds if seconds else 0.0,
