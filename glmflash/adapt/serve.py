@@ -95,13 +95,25 @@ def served_models(info, served_name: str) -> dict[str, str]:
     return ids
 
 
-def attach_adapter(model, path: str | Path, name: str | None = None, *, base: str | None = None) -> str:
-    """Load the adapter at `path` into `model` and make it active; returns its name. `base`: the
-    loaded model's id, checked against the one the adapter was trained on (glmflash.json)."""
+def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
+    """Attach every adapter in `spec` (see parse_adapters); returns their names, in order.
+    `base`: the loaded model's id, checked against the one each was trained on (glmflash.json)."""
+    names: list[str] = []
+    for name, folder in parse_adapters(spec):
+        with _quiet() if names else contextlib.nullcontext():
+            _attach(model, folder, name, base)
+        names.append(name)
+    return names
+
+
+def _attach(model, folder: Path, name: str, base: str | None) -> None:
+    """Load one adapter into `model`, refusing (with nothing left attached) one that could not
+    be chosen per request: not plain LoRA, or changing anything but the language model's layers
+    (a batch's images are encoded together and its embeddings looked up together, so no row
+    could have its own vision or embedding adapter; merge such an adapter with merge-adapter)."""
     from .train import require_peft
 
     require_peft()
-    folder = Path(path).expanduser()
     config = adapter_config(folder)
     odd = [key for key in UNSERVABLE if config.get(key)]
     kind = config.get("peft_type", "LORA")
@@ -112,7 +124,6 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             param="adapter",
         )
     _check_base(folder, model, base)
-    name = name or folder.name
     try:
         loaded = model.load_adapter(str(folder), adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as exc:  # shapes or module names that do not fit
@@ -123,8 +134,7 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             param="adapter",
         ) from None
     # transformers only warns about weights the folder lacks (they would stay at their start values)
-    ours = [k for k in getattr(loaded, "missing_keys", ()) if ".lora_" in k and f".{name}." in f"{k}."]
-    missing = sorted(ours)
+    missing = sorted(k for k in getattr(loaded, "missing_keys", ()) if _ours(k, name))
     if missing:
         _detach(model, name)
         raise InvalidRequestError(
@@ -132,30 +142,21 @@ def attach_adapter(model, path: str | Path, name: str | None = None, *, base: st
             f"(e.g. {missing[0]}).",
             param="adapter",
         )
-    return name
+    touched = sorted({n.split(".lora_")[0] for n, _ in model.named_parameters()
+                      if _ours(n, name) and ".language_model.layers." not in n})  # fmt: skip
+    if touched:
+        _detach(model, name)
+        raise InvalidRequestError(
+            f"The adapter in {folder} changes modules outside the language model's layers "
+            f"({touched[0]}, ...): it cannot be chosen per request. Serve a merged copy instead "
+            "(python -m glmflash merge-adapter).",
+            param="adapter",
+        )
 
 
-def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
-    """Attach every adapter in `spec` (see parse_adapters); returns their names, in order.
-    Adapters that change anything but the language model's layers are refused: a batch's images
-    are encoded together and its embeddings looked up together, so no row could have its own
-    vision or embedding adapter (merge such an adapter with merge-adapter)."""
-    names: list[str] = []
-    for name, folder in parse_adapters(spec):
-        with _quiet() if names else contextlib.nullcontext():
-            attach_adapter(model, folder, name, base=base)
-        ours = [n for n, _ in model.named_parameters() if f".{name}." in f"{n}." and ".lora_" in n]
-        touched = sorted({n.split(".lora_")[0] for n in ours if ".language_model.layers." not in n})
-        if touched:
-            _detach(model, name)
-            raise InvalidRequestError(
-                f"The adapter in {folder} changes modules outside the language model's layers "
-                f"({touched[0]}, ...): it cannot be chosen per request. Serve a merged copy instead "
-                "(python -m glmflash merge-adapter).",
-                param="adapter",
-            )
-        names.append(name)
-    return names
+def _ours(key: str, name: str) -> bool:
+    """A LoRA weight of the adapter `name` (its name is one part of the key's dotted path)."""
+    return ".lora_" in key and f".{name}." in f"{key}."
 
 
 class Router:
@@ -205,7 +206,9 @@ class Router:
 def merge(engine, adapter: str | Path, out: str | Path) -> Path:
     """Base weights plus the adapter, merged, saved as a full checkpoint (with the processor)
     that loads like any other: `glmflash.load(OUT)`, vLLM, SGLang."""
-    peft = _peft()
+    from .train import require_peft
+
+    peft = require_peft()
     folder = Path(adapter).expanduser()
     adapter_config(folder)
     try:
@@ -254,12 +257,6 @@ def _check_base(folder: Path, model, base: str | None) -> None:
 def _is_folder(model_id: str) -> bool:
     """A model id that names a folder (here, or where the adapter was trained), not a hub id."""
     return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().is_dir()
-
-
-def _peft():
-    from .train import require_peft
-
-    return require_peft()
 
 
 @contextlib.contextmanager

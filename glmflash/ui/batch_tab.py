@@ -23,9 +23,10 @@ CELL_CHARS = 160  # table cells are cut here; the downloads have everything
 LONG_CELL = 40
 
 
-def build_batch_tab(engine, settings, model_choice=None, engines=None) -> None:
+def build_batch_tab(engine, settings, model_choice, engines: dict) -> None:
     """Add the tab's components and events to the Blocks being built. `model_choice`: the header's
-    model selector, whose value picks the engine from `engines` (model id -> engine)."""
+    model selector (a State of None without adapters), whose value picks the engine from
+    `engines` (model id -> engine; `engine` for any other)."""
     t = labels(settings.server.lang)
     switches = StopSwitches()
 
@@ -78,7 +79,7 @@ def build_batch_tab(engine, settings, model_choice=None, engines=None) -> None:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         folder = Path(tempfile.mkdtemp(prefix="glmflash-batch-"))  # fresh per run: nothing is skipped
-        job = _Job((engines or {}).get(model, engine), task, paths, folder)
+        job = _Job(engines.get(model, engine), task, paths, folder)
         switches.hold(request, job)
         shown = None  # (results, errors) counts last sent: the tables are only resent when they grow
         try:
@@ -107,7 +108,7 @@ def build_batch_tab(engine, settings, model_choice=None, engines=None) -> None:
     # One batch at a time; a second one waits in the queue (the engine runs one generation anyway).
     run.click(
         run_batch,
-        [files, task_name, language, find, model_choice if model_choice is not None else gr.State(None)],
+        [files, task_name, language, find, model_choice],
         [status, table, errors, downloads, run],
         concurrency_limit=1,
     )

@@ -30,9 +30,10 @@ MAX_ZIP_ENTRIES = 5_000
 MAX_ZIP_BYTES = 2_000_000_000  # unpacked, in all
 
 
-def build_eval_tab(engine, settings, model_choice=None, engines=None) -> None:
+def build_eval_tab(engine, settings, model_choice, engines: dict) -> None:
     """Add the tab's components and events to the Blocks being built. `model_choice`: the header's
-    model selector, whose value picks the engine from `engines` (model id -> engine)."""
+    model selector (a State of None without adapters), whose value picks the engine from
+    `engines` (model id -> engine; `engine` for any other)."""
     t = labels(settings.server.lang)
     switches = StopSwitches()
 
@@ -76,7 +77,7 @@ def build_eval_tab(engine, settings, model_choice=None, engines=None) -> None:
                 gr.Warning(exc.message)
                 yield skip
                 return
-            run_ = _Run((engines or {}).get(model, engine), task, data, folder / "run")
+            run_ = _Run(engines.get(model, engine), task, data, folder / "run")
             switches.hold(request, run_)
             run_.start()
             while run_.running():
@@ -107,10 +108,9 @@ def build_eval_tab(engine, settings, model_choice=None, engines=None) -> None:
             switches.release(request)
             shutil.rmtree(folder, ignore_errors=True)  # the report was copied into Gradio's cache
 
-    choice = [model_choice if model_choice is not None else gr.State(None)]
     run.click(
         evaluate,
-        [files, task_name, *choice],
+        [files, task_name, model_choice],
         [status, table, details, plot, report, run],
         concurrency_limit=1,
     )

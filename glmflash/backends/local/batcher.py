@@ -14,7 +14,6 @@ Requests that arrive during a batch wait for the next one (no continuous batchin
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 import time
 from collections import deque
@@ -48,7 +47,7 @@ class Batcher(Line):
         router=None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
-        self.router = router  # adapt.serve.Router when LoRA adapters are loaded: per-row adapters
+        self.router = router
         self.think_ids = think_ids  # the ids of <think> and </think>, for thinking budgets
         # compiled decoding: the static cache kept between batches, and its longest length
         self.caches = CacheKeeper(model.config.get_text_config(decoder=True))
@@ -175,9 +174,8 @@ class Batcher(Line):
         if rows[0].seed is not None:
             torch.manual_seed(rows[0].seed)
         self.generating = True
-        adapters = self.router.rows([r.adapter for r in rows]) if self.router else contextlib.nullcontext()
         try:
-            with torch.inference_mode(), adapters:  # a kept cache's tensors are inference tensors
+            with torch.inference_mode(), self._adapters(rows):  # a kept cache's tensors are inference tensors
                 if compiled:
                     inputs["past_key_values"] = self.caches.get(len(rows), length)
                 self.model.generate(

@@ -6,6 +6,7 @@ length, thinking budget and JSON grammar, each per row).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -94,11 +95,16 @@ class Row(RowRequest):
 
 class Line:
     """The waiting line both schedulers keep, and `tokens()`, what the engine calls per request.
-    A subclass sets `ready` (a Condition), `waiting` (a deque) and `_closed`."""
+    A subclass sets `ready` (a Condition), `waiting` (a deque), `_closed` and `router`."""
 
     ready: threading.Condition
     waiting: deque
     _closed: bool
+    router = None  # adapt.serve.Router when LoRA adapters are loaded: each row's own adapter
+
+    def _adapters(self, rows: list[Row]):
+        """Each row's own LoRA adapter for the forward in hand (nothing to choose without any)."""
+        return self.router.rows([row.adapter for row in rows]) if self.router else contextlib.nullcontext()
 
     def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
         """Queue one request (its inputs may be a function that makes them on the model's

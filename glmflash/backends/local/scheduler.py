@@ -25,7 +25,6 @@ graphs) still uses the static batcher (batcher.py); this loop runs eager.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 import time
 from collections import deque
@@ -101,7 +100,7 @@ class Scheduler(Line):
         router=None,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
-        self.router = router  # adapt.serve.Router when LoRA adapters are loaded
+        self.router = router
         self.slots = max(1, slots)
         self.chunk = max(1, prefill_chunk)
         self.constraints, self.think_ids = constraints, think_ids
@@ -316,10 +315,6 @@ class Scheduler(Line):
         for live in self.live:
             live.position += 1
         self._pick(self.live, out.logits[:, -1].float())
-
-    def _adapters(self, rows: list[Row]):
-        """Each row's own LoRA adapter for the forward in hand (nothing to choose without any)."""
-        return self.router.rows([row.adapter for row in rows]) if self.router else contextlib.nullcontext()
 
     def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
         """Each row's next token (every setting its own), handed to its caller."""
