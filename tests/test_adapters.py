@@ -162,6 +162,12 @@ def test_unknown_adapter_names_and_bad_folders_are_clear_errors(multi, alone, ad
     save_file(kept, str(torn / "adapter_model.safetensors"))
     with pytest.raises(InvalidRequestError, match="is incomplete: 5 of its weights are missing"):
         load(str(torn))
+    other_rank = tmp_path / "rank"
+    shutil.copytree(alpha, other_rank)
+    config = json.loads((other_rank / "adapter_config.json").read_text())
+    (other_rank / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))  # weights of rank 4
+    with pytest.raises(InvalidRequestError, match=r"does not fit this model \(trained for .* another rank"):
+        load(str(other_rank))
     assert load(",").info.adapters == ()  # an empty list: no adapters, not a traceback
     with pytest.raises(InvalidRequestError, match="An adapter is named 'alpha', as the served model is"):
         create_app(multi, Settings.build(served_model_name="alpha"))
