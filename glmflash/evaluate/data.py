@@ -2,26 +2,33 @@
 over the labels and the image bytes, so a report says exactly which data produced it.
 
 `expected` is a label (a string: "block") or a JSON object of expected fields
-(`{"total_amount": 1280.0, ...}`); in a CSV an object is written as JSON text. Relative image
-paths are read from the data file's folder.
+(`{"total_amount": 1280.0, ...}`); in a CSV an object is written as JSON text. Image paths are
+relative to the data file's folder and must lie inside it: an absolute path, `..` or a link that
+leads out of it is refused with one message, whether or not such a file exists (a labels file
+from someone else cannot read, or learn of, any other file).
 
-A bad row (a missing image, no label, malformed JSON, the same image twice, a label the task
-cannot answer) never stops the others: it is left out and named in `problems`, each with its row
+A bad row (a missing image, an image outside the folder or over the size limit, no label,
+malformed JSON, the same image twice, a label the task cannot answer, and whatever rows.py refuses
+while reading) never stops the others: it is left out and named in `problems`, each with its row
 and what to change, and the caller shows them all. Only a file with no usable row is an error.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import RequestLimits
 from ..errors import InvalidRequestError
+from .rows import RowProblem, parse_object, read_rows
 
-MAX_ROWS = 100_000
+MAX_NAME = 1_024  # characters in an image's path
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,81 +52,84 @@ class Labelled:
         return "extraction" if isinstance(self.items[0].expected, dict) else "classification"
 
 
-def load_labelled(path: str | Path, labels: list[str] | None = None) -> Labelled:
-    """Read DATA; `labels` are the answers the task can give (a label outside them is a bad row)."""
+def load_labelled(
+    path: str | Path,
+    labels: list[str] | None = None,
+    *,
+    max_image_bytes: int | None = None,
+    anywhere: bool = False,
+) -> Labelled:
+    """Read DATA; `labels` are the answers the task can give (a label outside them is a bad row).
+    An image over `max_image_bytes` (the engine's limit; RequestLimits' default) is a bad row.
+    `anywhere`: image paths may name any file the caller can read (a person's own command over
+    their own files, such as training-data's corrections, which name batch results' sources);
+    never for a labels file that came from someone else."""
     path = Path(path)
     if not path.is_file():
         raise InvalidRequestError(f"No such data file: {path}.", param="data")
-    rows = _rows(path)
+    cap = RequestLimits().max_image_bytes if max_image_bytes is None else max_image_bytes
+    root = path.parent.resolve()
+    try:
+        rows = list(read_rows(path))  # at most MAX_ROWS: read_rows refuses the file at the cap
+    except OSError as exc:
+        raise InvalidRequestError(f"Cannot read {path}: {exc.strerror or exc}.", param="data") from None
     if not rows:
         raise InvalidRequestError(
             f"{path} has no rows: it needs `image` and `expected` on each.", param="data"
         )
-    if len(rows) > MAX_ROWS:
-        raise InvalidRequestError(f"{path} has {len(rows):,} rows; at most {MAX_ROWS:,}.", param="data")
-    items: list[Item] = []
-    problems: list[str] = []
+    chosen: list[tuple[Item, str]] = []
+    problems: list[tuple[int, str]] = []
     seen: dict[Path, int] = {}
-    digest = hashlib.sha256()
-    for number, row in enumerate(rows, 1):
+    for number, row in rows:
+        if isinstance(row, RowProblem):
+            problems.append((number, str(row)))
+            continue
         try:
-            item = _item(path, number, row)
+            item = _item(root, number, row, anywhere)
         except InvalidRequestError as exc:
-            problems.append(exc.message)
+            problems.append((number, exc.message))
             continue
         if item.image in seen:
             problems.append(
-                f"row {number}: the same image as row {seen[item.image]}; keep one row per image."
+                (number, f"row {number}: the same image as row {seen[item.image]}; keep one row per image.")
             )
             continue
-        if items and isinstance(item.expected, dict) != isinstance(items[0].expected, dict):
-            problems.append(f"row {number}: mixes labels and objects; use one kind of `expected` throughout.")
+        if chosen and isinstance(item.expected, dict) != isinstance(chosen[0][0].expected, dict):
+            problems.append(
+                (number, f"row {number}: mixes labels and objects; use one kind of `expected` throughout.")
+            )
             continue
         if labels and isinstance(item.expected, str) and item.expected not in labels:
             problems.append(
-                f"row {number}: unknown label {item.expected!r}; the task answers {', '.join(labels)}."
+                (
+                    number,
+                    f"row {number}: unknown label {item.expected!r}; the task answers {', '.join(labels)}.",
+                )
             )
             continue
         seen[item.image] = number
-        items.append(item)
-        digest.update(json.dumps([str(row.get("image")), item.expected], sort_keys=True).encode())
-        digest.update(hashlib.sha256(item.image.read_bytes()).digest())
-    if not items:
-        raise InvalidRequestError(f"{path} has no usable row: " + " ".join(problems[:5]), param="data")
-    return Labelled(path, items, digest.hexdigest(), problems)
-
-
-def _rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        missing = {"image", "expected"} - set(reader.fieldnames or ())
-        if missing:
-            raise InvalidRequestError(
-                f"{path} needs the columns image and expected (missing: {', '.join(sorted(missing))}).",
-                param="data",
-            )
-        return list(reader)
-    if path.suffix.lower() not in (".jsonl", ".ndjson"):
-        raise InvalidRequestError(f"{path}: give a .csv or .jsonl file of image, expected.", param="data")
-    rows: list[dict] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+        chosen.append((item, str(row.get("image"))))
+    del rows
+    items: list[Item] = []
+    digest = hashlib.sha256()
+    for item, named in chosen:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            row = {"_problem": f"row {len(rows) + 1} (line {number}) is not JSON: {exc.msg}."}
-        if not isinstance(row, dict):
-            row = {"_problem": f"row {len(rows) + 1} (line {number}) must be an object."}
-        rows.append(row)
-    return rows
+            image_digest = _image_digest(item, named, cap)
+        except InvalidRequestError as exc:
+            problems.append((item.row, exc.message))
+            continue
+        items.append(item)
+        digest.update(json.dumps([named, item.expected], sort_keys=True).encode())
+        digest.update(image_digest)
+    problems.sort(key=lambda problem: problem[0])
+    messages = [message for _, message in problems]
+    if not items:
+        raise InvalidRequestError(f"{path} has no usable row: " + " ".join(messages[:5]), param="data")
+    return Labelled(path, items, digest.hexdigest(), messages)
 
 
-def _item(path: Path, number: int, row: dict) -> Item:
+def _item(root: Path, number: int, row: dict, anywhere: bool) -> Item:
     where = f"row {number}"
-    if "_problem" in row:
-        raise InvalidRequestError(row["_problem"], param="data")
     image, expected = row.get("image"), row.get("expected")
     if not isinstance(image, str) or not image.strip():
         raise InvalidRequestError(f"{where} has no image path.", param="data")
@@ -127,16 +137,79 @@ def _item(path: Path, number: int, row: dict) -> Item:
         raise InvalidRequestError(f"{where} has no expected answer.", param="data")
     if isinstance(expected, str) and expected.lstrip().startswith("{"):  # an object written in a CSV
         try:
-            expected = json.loads(expected)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(
-                f"{where}: expected is not valid JSON: {exc.msg}.", param="data"
-            ) from None
+            expected = parse_object(expected)
+        except ValueError as exc:
+            raise InvalidRequestError(f"{where}: {exc}", param="data") from None
     if not isinstance(expected, str | dict):
         raise InvalidRequestError(f"{where}: expected must be a label or a JSON object.", param="data")
-    resolved = (path.parent / image.strip()).resolve()
-    if not resolved.is_file():
-        raise InvalidRequestError(
-            f"{where}: no such image {image!r} (read from {path.parent}).", param="data"
-        )
+    resolved = _resolve(root, image.strip(), where, anywhere)
     return Item(number, resolved, expected.strip() if isinstance(expected, str) else expected)
+
+
+def _resolve(root: Path, name: str, where: str, anywhere: bool) -> Path:
+    """The image's resolved path inside `root` (anywhere: wherever it leads)."""
+    if len(name) > MAX_NAME:
+        raise InvalidRequestError(
+            f"{where}: the image's path is {len(name):,} characters long; at most {MAX_NAME:,}.", param="data"
+        )
+    if "\0" in name:
+        raise InvalidRequestError(f"{where}: the image's path holds a NUL byte.", param="data")
+    outside = InvalidRequestError(
+        f"{where}: the image {_shown(name)} is not inside the labels file's folder; name each image "
+        "by a path relative to that folder, within it (no absolute path, no .., no link out of it).",
+        param="data",
+    )  # the same words whether or not such a file exists
+    candidate = root / name
+    if not anywhere and (Path(name).is_absolute() or not _within(Path(os.path.normpath(candidate)), root)):
+        raise outside  # told apart by the text alone: nothing outside is looked at
+    try:
+        resolved = candidate.resolve()
+        if not anywhere and not _within(resolved, root):
+            raise outside
+        found = resolved.is_file()
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"{where}: cannot read the image {_shown(name)}: {exc.strerror or exc}.", param="data"
+        ) from None
+    if not found:
+        raise InvalidRequestError(f"{where}: no such image {_shown(name)} (read from {root}).", param="data")
+    return resolved
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path.is_relative_to(root)
+
+
+def _image_digest(item: Item, named: str, cap: int) -> bytes:
+    """sha256 of the image's bytes, read in chunks and refused past `cap` bytes."""
+    where = f"row {item.row}"
+    too_big = InvalidRequestError(
+        f"{where}: the image {_shown(named)} is over the {cap / 1e6:.1f} MB limit "
+        "(GLMFLASH_MAX_IMAGE_BYTES).",
+        param="data",
+    )
+    digest = hashlib.sha256()
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(item.image, flags)  # a link put in its place since the check is not followed
+    except OSError as exc:
+        raise InvalidRequestError(
+            f"{where}: cannot read the image {_shown(named)}: {exc.strerror or exc}.", param="data"
+        ) from None
+    with open(fd, "rb", closefd=True) as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidRequestError(f"{where}: {_shown(named)} is not a regular file.", param="data")
+        if info.st_size > cap:
+            raise too_big
+        total = 0
+        while chunk := f.read(CHUNK):
+            total += len(chunk)
+            if total > cap:  # it grew since it was looked at
+                raise too_big
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _shown(name: str, limit: int = 120) -> str:
+    return repr(name if len(name) <= limit else name[:limit] + "…")
