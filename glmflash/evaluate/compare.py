@@ -14,17 +14,74 @@ from .score import same
 
 
 def load_run(folder: str | Path) -> dict:
-    """A scored run folder: scores.json plus its items."""
+    """A scored run folder: scores.json plus its items, checked for the shape the table and the
+    report read (a folder from elsewhere is data: its values are shown, escaped, never trusted)."""
     folder = Path(folder)
+    not_a_run = InvalidRequestError(
+        f"{folder} is not a scored run: run `python -m glmflash eval DATA --out {folder}` first.",
+        param="compare",
+    )
     try:
         scores = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
         lines = (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, json.JSONDecodeError):
-        raise InvalidRequestError(
-            f"{folder} is not a scored run: run `python -m glmflash eval DATA --out {folder}` first.",
-            param="compare",
-        ) from None
-    return {**scores, "folder": str(folder), "items": [json.loads(line) for line in lines]}
+        items = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raise not_a_run from None
+    problem = (
+        _shape(scores, RUN, "scores.json")
+        or _kind(scores)
+        or next(
+            (p for n, item in enumerate(items, 1) if (p := _shape(item, ITEM, f"items.jsonl line {n}"))), None
+        )
+    )
+    if problem:
+        raise InvalidRequestError(f"{folder} is not a scored run this version can read: {problem}.",
+                                  param="compare")  # fmt: skip
+    return {**scores, "folder": str(folder), "items": items}
+
+
+DETECTION_METRICS = ("iou_threshold", "precision", "recall", "f1", "mean_iou", "true_positives",
+                     "false_positives", "false_negatives")  # fmt: skip
+# What the table and the report read: a dict's keys, each with the type its value must have
+# (object: any value). Numbers are not checked: they are formatted whatever they hold.
+RUN = {
+    "name": str,
+    "config": {"data": str, "data_hash": str, "task": object,
+               "model": {"model_id": object, "precision": object}},
+    "scores": {"kind": str, "accuracy": object, "n": object, "answered": object},
+    "cost": {"pricing": object, "currency": object, "per_1000_images": object, "per_1000_correct": object,
+             "inputs": object},
+    "throughput": {"images_per_s": object},
+}  # fmt: skip
+KINDS = {
+    "classification": {"per_class": dict, "classes": list, "confusion": list},
+    "extraction": {"field_accuracy": object, "invented_total": object, "per_field": dict, "invented": dict},
+    "detection": dict.fromkeys(DETECTION_METRICS, object),
+}
+ITEM = {"row": object, "image": str, "expected": object, "predicted": object, "correct": object,
+        "wrong_fields": list}  # fmt: skip
+
+
+def _kind(scores: dict) -> str | None:
+    kind = scores["scores"]["kind"]
+    if kind not in KINDS:
+        return f"scores.json: its kind {kind!r} is not one of {', '.join(KINDS)}"
+    return _shape(scores["scores"], KINDS[kind], "scores.json: scores")
+
+
+def _shape(value, shape: dict, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} is not an object"
+    for key, kind in shape.items():
+        if key not in value:
+            return f"{where} has no {key!r}"
+        if isinstance(kind, dict):
+            problem = _shape(value[key], kind, f"{where}: {key}")
+            if problem:
+                return problem
+        elif not isinstance(value[key], kind):
+            return f"{where}: {key!r} is not a {kind.__name__}"
+    return None
 
 
 def compare_runs(runs: list[dict]) -> dict:
@@ -35,6 +92,9 @@ def compare_runs(runs: list[dict]) -> dict:
     if len(hashes) > 1:
         names = ", ".join(f"{run['folder']} ({run['config']['data_hash'][:12]})" for run in runs)
         raise InvalidRequestError(f"The runs are over different data: {names}.", param="compare")
+    if len({len(run["items"]) for run in runs}) > 1:
+        counts = ", ".join(f"{run['folder']} ({len(run['items'])})" for run in runs)
+        raise InvalidRequestError(f"The runs hold different numbers of images: {counts}.", param="compare")
     table = [row(run) for run in runs]
     disagreements = []
     for items in zip(*(run["items"] for run in runs), strict=True):
@@ -72,11 +132,22 @@ def format_table(rows: list[dict]) -> str:
     """The table as plain text for a terminal."""
     head = ["run", "model", "precision", "accuracy", "answered", "images/s", "per 1,000", "per 1,000 correct"]
     body = [[
-        r["run"], r["model"], r["precision"], f"{r['accuracy']:.1%}", r["answered"],
-        "-" if r["images_per_s"] is None else f"{r['images_per_s']:.2f}",
-        f"{r['cost_per_1000_images']:.2f} {r['currency']} ({r['pricing']})",
-        "-" if r["cost_per_1000_correct"] is None else f"{r['cost_per_1000_correct']:.2f} {r['currency']}",
+        r["run"], r["model"], r["precision"], number(r["accuracy"], ".1%"), r["answered"],
+        number(r["images_per_s"], ".2f"),
+        f"{number(r['cost_per_1000_images'], '.2f')} {r['currency']} ({r['pricing']})",
+        "-" if r["cost_per_1000_correct"] is None
+        else f"{number(r['cost_per_1000_correct'], '.2f')} {r['currency']}",
     ] for r in rows]  # fmt: skip
     widths = [max(len(str(x)) for x in column) for column in zip(head, *body, strict=True)]
     lines = ("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)) for line in [head, *body])
     return "\n".join(line.rstrip() for line in lines)
+
+
+def number(value, spec: str) -> str:
+    """A number in `spec`'s format; anything else (a run folder from elsewhere may hold anything)
+    as its text, for the caller to escape where it goes into HTML; None as "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)

@@ -2,6 +2,11 @@
 scripts, nothing fetched) with the comparison table and cost per correct answer, each run's
 metrics, confusion matrix and threshold plots, its worst mistakes with thumbnails (expected vs
 answered), the images on which runs disagree, and the exact configuration and data hash.
+
+Run folders may come from elsewhere (`eval --compare`): every value that goes into the HTML is
+escaped, numbers included, and a thumbnail is made only from an image inside the folder of the
+run's data file, decoded through the engine's own image guard (inputs/images.py: size and
+declared pixels checked before decoding).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import json
 from html import escape
 from pathlib import Path
 
-from .compare import compare_runs, row
+from ..errors import GlmflashError
+from ..inputs.images import ImagePolicy, load_image
+from .compare import DETECTION_METRICS, compare_runs, number, row
 
 WORST = 12  # mistakes shown per run
 DISAGREEMENTS = 50  # rows shown
@@ -26,29 +33,31 @@ pre{white-space:pre-wrap;margin:0;font-size:12px}
 """
 
 
-def write_report(runs: list[dict], path: str | Path) -> Path:
-    """Write the report for one run or several (compared) to `path`."""
+def write_report(runs: list[dict], path: str | Path, policy: ImagePolicy | None = None) -> Path:
+    """Write the report for one run or several (compared) to `path`; thumbnails are decoded
+    under `policy` (the engine's image limits; ImagePolicy's defaults when None)."""
+    policy = policy or ImagePolicy()
     title = (
         "glmflash evaluation"
         if len(runs) == 1
-        else "glmflash evaluation: " + " vs ".join(r["name"] for r in runs)
+        else "glmflash evaluation: " + " vs ".join(str(r["name"]) for r in runs)
     )
     parts = [f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title><style>{STYLE}</style>"]
     parts.append(f"<h1>{escape(title)}</h1>")
     parts.append(f"<p>Data: <code>{escape(runs[0]['config']['data'])}</code>, sha256 "
                  f"<code>{escape(runs[0]['config']['data_hash'])}</code></p>")  # fmt: skip
     problems = runs[0].get("problems") or []
-    if problems:
-        listed = "".join(f"<li>{escape(p)}</li>" for p in problems[:50])
+    if isinstance(problems, list) and problems:
+        listed = "".join(f"<li>{escape(str(p))}</li>" for p in problems[:50])
         parts.append(f"<p class=bad>{len(problems)} rows of the data were left out:</p><ul>{listed}</ul>")
     parts.append("<h2>Accuracy and cost</h2>" + _table([row(run) for run in runs]))
     parts.append("<p>Cost per 1,000 correct answers is the cost per 1,000 images divided by the accuracy. "
                  "Self-hosted figures use the run's measured images/s in the cost calculator; API figures "
                  "its price per call (inputs under each run).</p>")  # fmt: skip
     if len(runs) > 1:
-        parts.append(_disagreements(compare_runs(runs)["disagreements"], runs))
+        parts.append(_disagreements(compare_runs(runs)["disagreements"], runs, _Thumbnails(runs[0], policy)))
     for run in runs:
-        parts.append(_run(run))
+        parts.append(_run(run, _Thumbnails(run, policy)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
@@ -56,7 +65,9 @@ def write_report(runs: list[dict], path: str | Path) -> Path:
 
 
 def _table(rows: list[dict]) -> str:
-    head = "".join(f"<th>{escape(k.replace('_', ' '))}</th>" for k in rows[0])
+    if not rows:
+        return "<p>-</p>"
+    head = "".join(f"<th>{escape(str(k).replace('_', ' '))}</th>" for k in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{escape(_fmt(v))}</td>" for v in r.values()) + "</tr>" for r in rows
     )
@@ -64,38 +75,42 @@ def _table(rows: list[dict]) -> str:
 
 
 def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return number(value, ".4g") if isinstance(value, float) else number(value, "")
 
 
-def _run(run: dict) -> str:
+def _text(value, spec: str = "") -> str:
+    """Any value, formatted as a number when it is one, and escaped."""
+    return escape(number(value, spec))
+
+
+def _run(run: dict, thumbnails: _Thumbnails) -> str:
     s = run["scores"]
-    parts = [f"<h2>Run {escape(run['name'])}</h2>"]
-    parts.append(
-        f"<p>Accuracy <b>{s['accuracy']:.1%}</b> over {s['n']} images ({s['answered']} answered).</p>"
-    )
+    parts = [f"<h2>Run {_text(run['name'])}</h2>"]
+    parts.append(f"<p>Accuracy <b>{_text(s['accuracy'], '.1%')}</b> over {_text(s['n'])} images "
+                 f"({_text(s['answered'])} answered).</p>")  # fmt: skip
     if s["kind"] == "classification":
-        per_class = [{"class": c, **v} for c, v in s["per_class"].items()]
+        per_class = [
+            {"class": c, **(v if isinstance(v, dict) else {"value": v})} for c, v in s["per_class"].items()
+        ]
         parts.append("<h3>Per class</h3>" + _table(per_class))
-        parts.append("<h3>Confusion matrix</h3>" + _img(confusion_plot(s)))
-        if s.get("thresholds"):
-            parts.append("<h3>Automatic above a confidence, a person below</h3>" + _table(s["thresholds"]))
-            parts.append(_img(threshold_plot(s["thresholds"])))
+        parts.append("<h3>Confusion matrix</h3>" + _plot(confusion_plot, s))
+        if isinstance(s.get("thresholds"), list) and s["thresholds"]:
+            rows = [r if isinstance(r, dict) else {"value": r} for r in s["thresholds"]]
+            parts.append("<h3>Automatic above a confidence, a person below</h3>" + _table(rows))
+            parts.append(_plot(threshold_plot, s["thresholds"]))
     elif s["kind"] == "detection":
         parts.append("<h3>Boxes matched by IoU</h3>" + _table([detection_row(s)]))
     else:
         fields = [
-            {"field": k, "accuracy": v, "invented": s["invented"][k]} for k, v in s["per_field"].items()
+            {"field": k, "accuracy": v, "invented": s["invented"].get(k)} for k, v in s["per_field"].items()
         ]
-        parts.append(f"<p>Field accuracy {s['field_accuracy']:.1%}; invented values {s['invented_total']} "
-                     "(a field the document does not have, filled in anyway).</p>")  # fmt: skip
+        parts.append(f"<p>Field accuracy {_text(s['field_accuracy'], '.1%')}; invented values "
+                     f"{_text(s['invented_total'])} (a field the document does not have, "
+                     "filled in anyway).</p>")  # fmt: skip
         parts.append("<h3>Per field</h3>" + _table(fields))
-    parts.append("<h3>Worst mistakes</h3>" + _mistakes(run))
+    parts.append("<h3>Worst mistakes</h3>" + _mistakes(run, thumbnails))
     config = {**run["config"], "cost_inputs": run["cost"]["inputs"], "throughput": run["throughput"],
-              "created": run["created"], "glmflash": run["version"]}  # fmt: skip
+              "created": run.get("created"), "glmflash": run.get("version")}  # fmt: skip
     parts.append(
         f"<h3>Configuration</h3><pre>{escape(json.dumps(config, indent=1, ensure_ascii=False))}</pre>"
     )
@@ -103,24 +118,24 @@ def _run(run: dict) -> str:
 
 
 def detection_row(s: dict) -> dict:
-    keys = ("iou_threshold", "precision", "recall", "f1", "mean_iou", "true_positives", "false_positives",
-            "false_negatives")  # fmt: skip
-    return {k: s[k] for k in keys}
+    return {k: s[k] for k in DETECTION_METRICS}
 
 
-def _mistakes(run: dict) -> str:
+def _mistakes(run: dict, thumbnails: _Thumbnails) -> str:
     wrong = [item for item in run["items"] if not item["correct"]]
     # confident mistakes first; then those with the most wrong fields
-    wrong.sort(key=lambda item: (-(item.get("confidence") or 0), -len(item["wrong_fields"]), item["row"]))
+    wrong.sort(
+        key=lambda item: (-_real(item.get("confidence")), -len(item["wrong_fields"]), _real(item["row"]))
+    )
     if not wrong:
         return "<p class=ok>None.</p>"
     out = []
     for item in wrong[:WORST]:
         answered = item.get("error") or item["predicted"]
         out.append(
-            f"<div class=mistake>{_thumbnail(item['image'])}<div><b>row {item['row']}</b> "
+            f"<div class=mistake>{thumbnails(item['image'])}<div><b>row {_text(item['row'])}</b> "
             f"<code>{escape(Path(item['image']).name)}</code>"
-            f"<br>wrong: {escape(', '.join(item['wrong_fields']))}"
+            f"<br>wrong: {escape(', '.join(map(str, item['wrong_fields'])))}"
             f"<br>expected <pre class=ok>{escape(_short(item['expected']))}</pre>"
             f"answered <pre class=bad>{escape(_short(answered))}</pre></div></div>"
         )
@@ -128,12 +143,17 @@ def _mistakes(run: dict) -> str:
     return "".join(out) + more
 
 
-def _disagreements(items: list[dict], runs: list[dict]) -> str:
+def _real(value) -> float:
+    """A number to sort by (0 for anything else)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _disagreements(items: list[dict], runs: list[dict], thumbnails: _Thumbnails) -> str:
     if not items:
         return "<h2>Disagreements</h2><p>The runs answered alike on every image.</p>"
     head = (
         "<tr><th>row</th><th>image</th><th>expected</th>"
-        + "".join(f"<th>{escape(r['name'])}</th>" for r in runs)
+        + "".join(f"<th>{_text(r['name'])}</th>" for r in runs)
         + "</tr>"
     )
     body = ""
@@ -143,7 +163,7 @@ def _disagreements(items: list[dict], runs: list[dict]) -> str:
             f"<pre>{escape(_short(item['answers'][name]))}</pre></td>"
             for name in (r["name"] for r in runs)
         )
-        body += (f"<tr><td>{item['row']}</td><td>{_thumbnail(item['image'], 96)}</td>"
+        body += (f"<tr><td>{_text(item['row'])}</td><td>{thumbnails(item['image'], 96)}</td>"
                  f"<td><pre>{escape(_short(item['expected']))}</pre></td>{cells}</tr>")  # fmt: skip
     return f"<h2>Disagreements ({len(items)} images)</h2><table>{head}{body}</table>"
 
@@ -153,18 +173,45 @@ def _short(value, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _thumbnail(path: str, size: int = 160) -> str:
-    from PIL import Image, ImageOps
+class _Thumbnails:
+    """A run's thumbnails: images inside its data file's folder only, through the image guard."""
+
+    def __init__(self, run: dict, policy: ImagePolicy):
+        self.root = Path(run["config"]["data"]).parent.resolve()
+        self.policy = policy
+
+    def __call__(self, path: str, size: int = 160) -> str:
+        try:
+            return _img(thumbnail(path, self.root, self.policy, size), "image/jpeg")
+        except (GlmflashError, OSError, ValueError):  # a missing, refused or unreadable image
+            # still leaves a readable report
+            return "<span>(no preview)</span>"
+
+
+def thumbnail(path: str, root: Path, policy: ImagePolicy, size: int = 160) -> bytes:
+    """A JPEG thumbnail of the image at `path`, which must lie inside `root`; ImageError when it
+    does not, or when the engine would refuse it (before its pixels are decoded)."""
+    from ..errors import ImageError
 
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=80)
-    except Exception:  # a missing or unreadable image still leaves a readable report
-        return "<span>(no preview)</span>"
-    return _img(buffer.getvalue(), "image/jpeg")
+        file = Path(path).resolve()
+    except (OSError, ValueError):
+        raise ImageError("The image's path cannot be read.") from None
+    if not file.is_relative_to(root):
+        raise ImageError("The image is not inside the folder of the run's data.")
+    image = load_image(file, policy)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def _plot(draw, *args) -> str:
+    """A plot of the run's numbers, or a note when they are not numbers (a folder from elsewhere)."""
+    try:
+        return _img(draw(*args))
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError):
+        return "<p>(no plot: the run's figures are not numbers)</p>"
 
 
 def _img(data: bytes, mime: str = "image/png") -> str:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,10 +180,13 @@ def _read_file(path: Path, policy: ImagePolicy) -> bytes:
     if not policy.allow_local_files:
         raise ImageError("Reading images from file paths is not allowed here.")
     try:
-        size = path.stat().st_size
-        if size > policy.max_bytes:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # read no more than the limit allows, even if the file grew since its size was read
+            data = f.read(policy.max_bytes + 1) if size <= policy.max_bytes else b""
+        if size > policy.max_bytes or len(data) > policy.max_bytes:
+            size = max(size, len(data))
             raise ImageError(f"{path.name} is {_mb(size)}, over the {_mb(policy.max_bytes)} limit.")
-        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"No such image file: {path}") from None
     except IsADirectoryError:
