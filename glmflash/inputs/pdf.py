@@ -5,9 +5,12 @@ budget (`max_image_pixels`; the model would see no more), so a page costs what a
 Limits, each a clear ImageError: the byte limit (the image one), pages per document
 (`max_pdf_pages`, checked before anything is rendered, so a 10,000-page file is refused at once),
 pages per request (they count as images), a time limit per document, absurd page sizes, and
-password-protected, truncated, malformed or empty files. PDFium is not thread-safe: one document
-renders at a time (a lock), and its C calls run without the GIL, so a page being rendered does not
-stall the model's Python threads.
+password-protected, truncated, malformed or empty files. The time limit holds inside a page too:
+pages are drawn with PDFium's progressive renderer, which asks a pause callback between drawing
+steps (every few page objects, and while large images decode), and the render stops there once
+the deadline has passed; one drawing step cannot be cut short, and each page's bitmap is bounded
+by the pixel budget. PDFium is not thread-safe: one document renders at a time (a lock), and its
+C calls run without the GIL, so a page being rendered does not stall the model's Python threads.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def _scale(width: float, height: float, limits: PdfLimits) -> float:
 
 def render_pdf(data: bytes, limits: PdfLimits, pages: list[int] | None = None) -> list[Image.Image]:
     """Pages as RGB images (1-based `pages`, all when None), each at most the image budget."""
-    started = time.monotonic()
+    deadline = time.monotonic() + limits.timeout_s
     with _LOCK, _opened(data) as document:
         count = len(document)
         check_pages(count, limits.max_pages)
@@ -93,16 +96,29 @@ def render_pdf(data: bytes, limits: PdfLimits, pages: list[int] | None = None) -
         check_pages(len(chosen), limits.max_pages)
         out = []
         for number in chosen:
-            if time.monotonic() - started > limits.timeout_s:
-                raise ImageError(
-                    f"Rendering the PDF took over {limits.timeout_s:g} s (page {number} of {count}).",
-                    code="pdf_timeout",
-                )
-            out.append(_render(document, number, limits))
+            if time.monotonic() > deadline:
+                raise _timeout(limits, number, count)
+            image = _render(document, number, limits, deadline)
+            if image is None:
+                raise _timeout(limits, number, count)
+            out.append(image)
         return out
 
 
-def _render(document, number: int, limits: PdfLimits) -> Image.Image:
+def _timeout(limits: PdfLimits, number: int, count: int) -> ImageError:
+    return ImageError(
+        f"Rendering the PDF took over {limits.timeout_s:g} s (page {number} of {count}): "
+        "send fewer or simpler pages.",
+        code="pdf_timeout",
+    )
+
+
+def _render(document, number: int, limits: PdfLimits, deadline: float) -> Image.Image | None:
+    """The page as an RGB image, or None when the deadline passed while it was being drawn."""
+    import pypdfium2 as pdfium
+    import pypdfium2.internal as pdfium_i
+    import pypdfium2.raw as pdfium_c
+
     page = document[number - 1]
     try:
         width, height = page.get_size()  # points, after the page's rotation
@@ -110,8 +126,27 @@ def _render(document, number: int, limits: PdfLimits) -> Image.Image:
             raise ImageError(
                 f"Page {number} of the PDF has an impossible size ({width:g} x {height:g} points)."
             )
-        bitmap = page.render(scale=_scale(width, height, limits))
+        scale = _scale(width, height, limits)
+        w, h = math.ceil(width * scale), math.ceil(height * scale)  # as PdfPage.render sizes it
+        bitmap = pdfium.PdfBitmap.new_native(w, h, format=pdfium_c.FPDFBitmap_BGR)
         try:
+            bitmap.fill_rect((255, 255, 255, 255), 0, 0, w, h)
+            pause = pdfium_c.IFSDK_PAUSE(version=1)
+            pdfium_i.set_callback(pause, "NeedToPauseNow", lambda _: time.monotonic() > deadline)
+            status = pdfium_c.FPDF_RenderPageBitmap_Start(
+                bitmap, page, 0, 0, w, h, 0, pdfium_c.FPDF_ANNOT, pause
+            )
+            try:
+                while status == pdfium_c.FPDF_RENDER_TOBECONTINUED:
+                    if time.monotonic() > deadline:
+                        return None
+                    status = pdfium_c.FPDF_RenderPage_Continue(page, pause)
+            finally:
+                pdfium_c.FPDF_RenderPage_Close(page)
+            if status != pdfium_c.FPDF_RENDER_DONE:
+                raise ImageError(
+                    f"Page {number} of the PDF cannot be drawn: it may be damaged.", code="invalid_pdf"
+                )
             return bitmap.to_pil().convert("RGB")
         finally:
             bitmap.close()
