@@ -11,7 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-from ..jobs.runner import Summary, default_errors_path, expand_inputs, export_csv, run_job
+from ..jobs.export import export_csv
+from ..jobs.inputs import expand_inputs
+from ..jobs.runner import Summary, default_errors_path, run_job
 from ..jobs.tasks import DEFAULT_FIND, DEFAULT_LANGUAGE, PRESETS, custom_task, load_task
 
 
@@ -24,7 +26,10 @@ def add_parser(commands, model_flags) -> None:
     )
     model_flags(batch)
     batch.add_argument("inputs", nargs="*", help="folders (recursive), globs ('**/*.jpg') or image files")
-    batch.add_argument("--files-from", help="a file listing image paths, one per line")
+    batch.add_argument(
+        "--files-from",
+        help="a file listing image paths, one per line, relative to its folder and inside it",
+    )
     what = batch.add_mutually_exclusive_group(required=True)
     what.add_argument("--task", help=f"{' or '.join(PRESETS)}, or a task JSON file (see glmflash/data/tasks)")
     what.add_argument("--prompt", help="your own instruction; the answer is JSON (shaped by --schema)")
@@ -68,7 +73,10 @@ def run(args, load_engine) -> int:
     from ..errors import InvalidRequestError
 
     task = build_task(args)
-    paths = expand_inputs(args.inputs, args.files_from)
+    left_out: list[str] = []
+    paths = expand_inputs(args.inputs, args.files_from, left_out)
+    for problem in left_out:
+        print(f"left out: {problem}", file=sys.stderr)
     if not paths:
         raise InvalidRequestError("No input files: give folders, globs or files (or --files-from).")
     if args.concurrency is not None and args.concurrency < 1:

@@ -9,8 +9,6 @@ dead-lettered there too. Setting `stop` (SIGINT/SIGTERM in the CLI) ends the job
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
 import io
 import json
@@ -18,16 +16,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import GlmflashError, ImageError, InvalidRequestError
+from ..errors import GlmflashError, ImageError
 from ..inputs.images import ImagePolicy
 from ..inputs.pdf import check_pages, is_pdf, page_count, render_pdf
 from ..text.structured import TruncatedOutputError
+from .export import export_csv
+from .inputs import expand_inputs
 from .tasks import Task
+
+__all__ = ["JsonlFile", "Summary", "default_errors_path", "expand_inputs", "export_csv", "job_id", "run_job"]
 
 log = logging.getLogger("glmflash.jobs.runner")
 RETRY_BUDGET = 4  # a cut-off answer is tried once more with this many times its budget
@@ -55,32 +57,6 @@ class Summary:
             f"{self.failed} failed, of {self.total} inputs in {self.seconds:.1f} s "
             f"({self.images_per_s:.2f} images/s)"
         )
-
-
-def expand_inputs(inputs: Iterable[str], files_from: str | None = None) -> list[Path]:
-    """Folders (recursive, hidden files left out), globs and files, plus a list file; sorted, unique."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found += [p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path))]
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(item):
-            found += [
-                Path(p) for p in glob.glob(os.path.expanduser(item), recursive=True) if Path(p).is_file()
-            ]
-        else:
-            raise InvalidRequestError(f"{item}: no such file, folder or matching files.")
-    if files_from:
-        lines = Path(files_from).read_text("utf-8").splitlines()
-        found += [Path(line.strip()) for line in lines if line.strip() and not line.startswith("#")]
-    unique = {str(p.resolve()) if p.exists() else str(p): p for p in found}
-    return [unique[key] for key in sorted(unique)]
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def job_id(data: bytes, task: Task, model_id: str) -> str:
@@ -278,18 +254,19 @@ def _attempt(engine, task: Task, data: bytes, retries: int, backoff_s: float, st
 
 
 def _read(path: Path, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """The file's bytes, read no further than `max_bytes` (even if it grows while it is read)."""
     try:
-        size = path.stat().st_size
-        if size == 0:
-            return b"", "the file is empty (0 bytes)"
-        if size > max_bytes:
-            return (
-                None,
-                f"the file is {size} bytes, over the {max_bytes}-byte limit (GLMFLASH_MAX_IMAGE_BYTES)",
-            )
-        return path.read_bytes(), None
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(max_bytes + 1) if size <= max_bytes else b""
     except OSError as exc:
         return None, f"cannot read the file: {exc.strerror or exc}"
+    if size > max_bytes or len(data) > max_bytes:
+        size = max(size, len(data))
+        return None, f"the file is {size} bytes, over the {max_bytes}-byte limit (GLMFLASH_MAX_IMAGE_BYTES)"
+    if not data:
+        return b"", "the file is empty (0 bytes)"
+    return data, None
 
 
 def _record(ident: str, path: Path, task: Task, model_id: str, reply) -> dict:
@@ -330,37 +307,3 @@ def _report(summary: Summary, started: float, progress) -> None:
 def default_errors_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".errors.jsonl")
-
-
-def export_csv(jsonl: str | Path, csv_path: str | Path) -> int:
-    """A flat table of the records: nested fields as dotted columns, lists as JSON. Returns rows."""
-    rows = []
-    for line in Path(jsonl).read_text("utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        row = {"id": record["id"], "source": record["source"]}
-        row.update(_flatten(record.get("result") or {}))
-        usage, timings = record.get("usage") or {}, record.get("timings") or {}
-        row.update({"completion_tokens": usage.get("completion_tokens"), "total_s": timings.get("total_s")})
-        rows.append(row)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return len(rows)
-
-
-def _flatten(value: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, item in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(item, dict):
-            flat.update(_flatten(item, name + "."))
-        elif isinstance(item, list):
-            flat[name] = json.dumps(item, ensure_ascii=False)
-        else:
-            flat[name] = item
-    return flat
