@@ -9,6 +9,7 @@ from .backends.local.load import load
 from .config import Settings
 from .contract import EngineBase
 from .errors import (
+    EngineFailedError,
     GenerationError,
     GlmflashError,
     ImageError,
@@ -27,6 +28,7 @@ __all__ = [
     "Chunk",
     "Engine",
     "EngineBase",
+    "EngineFailedError",
     "EngineInfo",
     "GenerationError",
     "GlmflashError",

@@ -71,3 +71,10 @@ class GenerationError(GlmflashError):
     """Generation failed inside the model; the engine stays usable."""
 
     code = "generation_failed"
+
+
+class EngineFailedError(GlmflashError):
+    """The engine's decode loop cannot go on: it answers nothing more until it is restarted."""
+
+    status = 503
+    code = "engine_failed"

@@ -9,6 +9,9 @@ Each row streams its tokens to its own caller as they are made and ends on its o
 token, its own max_new_tokens, its cancel): a finished or cancelled row returns at once while the
 batch goes on for the others. Under greedy decoding every row gets the tokens it would get alone.
 Requests that arrive during a batch wait for the next one (no continuous batching).
+
+A batch that fails fails its own rows, and the next batch starts afresh; batches failing in a row,
+or the worker's thread ending, mark the engine broken (rows.Line).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .decoding import CacheKeeper, cache_tokens, is_compiled
 from .prefill import collate
-from .rows import Line, Row, remember
+from .rows import Line, Row, describe, remember
 
 STEADY_S = 1.0  # a batch starting within this of the last one's end is steady traffic
 
@@ -65,6 +68,7 @@ class Batcher(Line):
         self._last_key = None  # its sampling settings: other requests are not its traffic
         self.generating = False
         self.preparing = False  # making the first row's inputs
+        self.current: list[Row] = []  # the batch in hand
         self._thread = threading.Thread(target=self._loop, name="glmflash-batcher", daemon=True)
         self._thread.start()
         # A thread that ran torch must end before the interpreter does, or the process aborts.
@@ -86,21 +90,41 @@ class Batcher(Line):
     # -- the worker ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            rows = self._collect()
-            if rows is None:
-                return
-            if not rows:  # its one request failed before it began
-                continue
-            try:
-                self._generate(rows)
-            except BaseException as exc:  # handed to every caller of the batch
-                for row in rows:
-                    row.tokens.put(exc)
-            finally:
-                for row in rows:
-                    row.end()
-                self._remember_demand(rows)
+        reason = "its thread has ended"
+        try:
+            while self.broken is None:
+                rows = self._collect()
+                if rows is None:
+                    return
+                if rows:  # else its one request failed before it began
+                    self._run(rows)
+        except BaseException as exc:
+            reason = f"its thread ended on {describe(exc)}"
+        finally:
+            if not self._closed:
+                self._break(reason)
+
+    def _run(self, rows: list[Row]) -> None:
+        failure = None
+        try:
+            self._generate(rows)
+        except BaseException as exc:  # handed to every caller of the batch
+            failure = exc
+            for row in rows:
+                if not row.ended:
+                    row.fail(exc)
+        finally:
+            for row in rows:
+                row.end()
+            self.current = []
+            self._remember_demand(rows)
+        if failure is None:
+            self._worked()
+        else:
+            self._failed(failure)
+
+    def _held(self) -> list[Row]:
+        return list(self.current)
 
     def _remember_demand(self, rows: list[Row]) -> None:
         """The demand this batch saw: its rows, and rows that could have joined it and came while
@@ -122,7 +146,7 @@ class Batcher(Line):
                     row.end()
                 return None
             first = self.waiting.popleft()
-            self.preparing = True
+            self.current, self.preparing = [first], True
         try:  # its inputs, when the batcher makes them: outside the lock, so others can queue meanwhile
             if not first.made():
                 return []
@@ -130,6 +154,7 @@ class Batcher(Line):
             self.preparing = False
         with self.ready:
             rows, started = [first], time.monotonic()
+            self.current = rows  # and the rows that join it
             steady_traffic = first.key == self._last_key and started - self._last_end < STEADY_S
             steady = self._last_size if steady_traffic else 1
             while len(rows) < self.max_batch_size:

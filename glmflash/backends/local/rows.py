@@ -1,12 +1,14 @@
 """One request's row as the generation thread sees it, for both schedulers (scheduler.py, the
 per-token one; batcher.py, the compiled one): what it asks (RowRequest), the queue its tokens go
-to its caller through, and its own token choice (RowSampler: sampling settings, seed, minimum
-length, thinking budget and JSON grammar, each per row).
+to its caller through, the line it waits in and the loop's health (Line), and its own token
+choice (RowSampler: sampling settings, seed, minimum length, thinking budget and JSON grammar,
+each per row).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -17,9 +19,14 @@ from typing import Any
 
 import torch
 
+from ...errors import EngineFailedError
+
 END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often
 HISTORY = 1000  # recent sizes kept for tests and inspection
+FAILURES_TO_BREAK = 3  # failures in a row, no decode step working between them: the loop is broken
+WATCH_S = 0.5  # a reader with nothing to read checks this often that the loop is still there
+log = logging.getLogger("glmflash")
 
 
 @dataclass(eq=False)
@@ -94,13 +101,69 @@ class Row(RowRequest):
 
 
 class Line:
-    """The waiting line both schedulers keep, and `tokens()`, what the engine calls per request.
-    A subclass sets `ready` (a Condition), `waiting` (a deque), `_closed` and `router`."""
+    """The waiting line both schedulers keep, `tokens()` (what the engine calls per request), and
+    the health of the loop that serves it. A subclass sets `ready` (a Condition), `waiting` (a
+    deque), `_closed`, `router` and `_thread` (the loop's), and says which rows it holds beyond
+    the line (`_held`).
+
+    A failure fails the rows it concerns and the loop goes on (the subclass says which rows; it
+    calls `_failed`). FAILURES_TO_BREAK failures in a row with no decode step working between them
+    (`_worked`), or the loop's thread ending other than by close(), break it: every row open gets
+    EngineFailedError at once, later requests are refused at once, and `health()` says why (the
+    server's /health and /ready answer 503 with it). A broken loop is not restarted in the
+    process: after failures that repeat, the model's state is not to be trusted (a CUDA error
+    stays with the process), so it is the process that is restarted (the container's health
+    check reads /health).
+    """
 
     ready: threading.Condition
     waiting: deque
     _closed: bool
+    _thread: threading.Thread
     router = None  # adapt.serve.Router when LoRA adapters are loaded: each row's own adapter
+    broken: str | None = None  # why the loop cannot go on
+    _failures = 0  # failures since the last decode step that worked
+
+    def health(self) -> str | None:
+        """None while the loop serves; else why it cannot."""
+        if self.broken is not None:
+            return self.broken
+        if not self._closed and not self._thread.is_alive():
+            return "its thread has ended"
+        return None
+
+    def check(self) -> None:
+        """Raise EngineFailedError if the loop cannot serve."""
+        reason = self.health()
+        if reason is not None:
+            raise refusal(reason)
+
+    def _held(self) -> list[Row]:
+        """The rows the loop holds outside the waiting line."""
+        return []
+
+    def _worked(self) -> None:
+        self._failures = 0
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count a failure whose rows were failed; at FAILURES_TO_BREAK in a row, break."""
+        self._failures += 1
+        log.error("decode loop: %s (%d in a row)", describe(exc), self._failures, exc_info=exc)
+        if self._failures >= FAILURES_TO_BREAK:
+            self._break(f"{self._failures} failures in a row, the last {describe(exc)}")
+
+    def _break(self, reason: str) -> None:
+        """Mark the loop broken (the first reason stays) and fail every row open, at once."""
+        with self.ready:
+            if self.broken is None:
+                self.broken = reason
+                log.critical("decode loop broken: %s; restart the server", reason)
+            rows = [*self.waiting, *self._held()]
+            self.waiting.clear()
+            error = refusal(self.broken)
+        for row in rows:
+            if not row.ended:
+                row.fail(error)
 
     def _adapters(self, rows: list[Row]):
         """Each row's own LoRA adapter for the forward in hand (nothing to choose without any)."""
@@ -113,18 +176,36 @@ class Line:
         with self.ready:
             if self._closed:
                 raise RuntimeError("This engine was closed.")
+            self.check()
             self.waiting.append(row)
             if on_queued is not None:
                 on_queued()
             self.ready.notify()
-        return read(row)
+        return read(row, self)
 
 
-def read(row: Row) -> Iterator[tuple[int, float]]:
-    """Yield (token id, time) as the row's tokens come; raise the error it was handed."""
+def refusal(reason: str) -> EngineFailedError:
+    return EngineFailedError(
+        f"The model's decode loop has stopped ({reason}); this engine answers no more requests "
+        "until it is restarted."
+    )
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def read(row: Row, line: Line) -> Iterator[tuple[int, float]]:
+    """Yield (token id, time) as the row's tokens come; raise the error it was handed, or
+    EngineFailedError once `line`'s loop cannot serve it (looked at every WATCH_S of silence)."""
     try:
         while True:
-            for item in drain(row.tokens, END):
+            try:
+                items = drain(row.tokens, END, WATCH_S)
+            except queue.Empty:
+                line.check()
+                continue
+            for item in items:
                 if item is END:
                     return
                 if isinstance(item, BaseException):
@@ -137,9 +218,10 @@ def read(row: Row) -> Iterator[tuple[int, float]]:
         row.gone.set()
 
 
-def drain(tokens: queue.SimpleQueue, end) -> list:
-    """Block for one item, then take whatever else is there, stopping after `end`."""
-    items = [tokens.get()]
+def drain(tokens: queue.SimpleQueue, end, timeout: float | None = None) -> list:
+    """Block for one item (queue.Empty after `timeout`), then take whatever else is there,
+    stopping after `end`."""
+    items = [tokens.get(timeout=timeout)]
     while items[-1] is not end:
         try:
             items.append(tokens.get_nowait())
@@ -222,10 +304,13 @@ class RowSampler:
             self.spent += 1
 
 
-def pick(samplers: list[RowSampler], logits: torch.Tensor, histories, counts, stop_ids) -> list[int]:
+def pick(
+    samplers: list[RowSampler], logits: torch.Tensor, histories, counts, stop_ids
+) -> tuple[list[int], dict[int, Exception]]:
     """Each row's next token from its (rows, vocab) float logits, every setting per row and
-    vectorised across rows (only grammars and thinking budgets are applied row by row).
-    `histories[i]`: what row i's sampler reads (RowSampler.reads_history), else None."""
+    vectorised across rows (only grammars and thinking budgets are applied row by row), and the
+    errors of rows whose own part failed (their grammar, say: the other rows go on; their tokens
+    mean nothing). `histories[i]`: what row i's sampler reads (RowSampler.reads_history), else None."""
     device, vocab = logits.device, logits.shape[-1]
     penalised = [i for i, s in enumerate(samplers) if s.penalty != 1.0]
     if penalised:
@@ -247,18 +332,24 @@ def pick(samplers: list[RowSampler], logits: torch.Tensor, histories, counts, st
         logits[torch.tensor(held, device=device)[:, None], torch.tensor(sorted(stop_ids), device=device)] = (
             float("-inf")
         )
+    errors: dict[int, Exception] = {}
     for i, s in enumerate(samplers):
         if s.budget or s.grammar is not None:
-            logits[i : i + 1] = s.constrain(logits[i : i + 1], histories[i])
+            try:
+                logits[i : i + 1] = s.constrain(logits[i : i + 1], histories[i])
+            except Exception as exc:  # this row's alone
+                errors[i] = exc
+                logits[i] = 0.0
     picks = logits.argmax(-1)
     sampled = [i for i, s in enumerate(samplers) if s.sample]
     if sampled:
         index = torch.tensor(sampled, device=device)
         picks[index] = _sample(logits[index], [samplers[i] for i in sampled])
     tokens = picks.tolist()
-    for sampler, token in zip(samplers, tokens, strict=True):
-        sampler.saw(token)
-    return tokens
+    for i, (sampler, token) in enumerate(zip(samplers, tokens, strict=True)):
+        if i not in errors:
+            sampler.saw(token)
+    return tokens, errors
 
 
 def _sample(logits: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:

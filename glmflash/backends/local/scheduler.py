@@ -20,11 +20,20 @@ tokens, prompt and answer, and the engine refuses a request that needs more.
 
 Greedy tokens are those of the request alone. Compiled decoding (a static cache replayed as CUDA
 graphs) still uses the static batcher (batcher.py); this loop runs eager.
+
+Failures (an out-of-memory error, a grammar that raises) fail only the rows they concern, and the
+loop goes on: a row's own sampler or grammar, that row; making inputs or prefilling, the rows
+being prefilled (not those put back in line); the running batch's step, a row leaving or a
+group joining, every running row, and the shared cache is dropped (its state is not known); an
+error outside any stage, every row the loop holds. Rows still waiting in line are kept. The loop
+is not restarted: failures that repeat with no decode step working between them, or its thread
+ending, mark it broken (rows.Line): every caller is answered at once and health() says why.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import time
 from collections import deque
@@ -35,8 +44,9 @@ import torch
 
 from . import decoding  # noqa: F401  (quiets the cache keyword's rename warning)
 from .prefill import Prefill, group
-from .rows import Line, Row, RowSampler, pick, remember
+from .rows import Line, Row, RowSampler, describe, pick, remember
 
+log = logging.getLogger("glmflash")
 GPU_SHARE, RAM_SHARE = 0.4, 0.25  # of the free memory, for the KV cache when no budget is set
 
 
@@ -108,7 +118,7 @@ class Scheduler(Line):
         self.ready = threading.Condition()
         self.live: list[_Live] = []  # the running rows, in cache order
         self.filling: Prefill | None = None
-        self._admitting = False  # rows taken from `waiting`, their inputs being made
+        self.taken: list[Row] = []  # rows taken from `waiting`, their inputs being made
         self.cache: Any = None  # their shared DynamicCache
         self._sizes: list[int] = []  # per busy spell: the most rows that decoded together
         self.prefills: list[tuple[int, int, int]] = []  # per prefill: rows, chunks, steps meanwhile
@@ -128,7 +138,7 @@ class Scheduler(Line):
     @property
     def busy(self) -> bool:
         """Rows are running, being prefilled, or waiting."""
-        return bool(self.live or self.filling or self.waiting or self._admitting)
+        return bool(self.live or self.filling or self.waiting or self.taken)
 
     def close(self) -> None:
         """End the loop after the step in hand; every row still open ends, later ones are refused."""
@@ -142,54 +152,83 @@ class Scheduler(Line):
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            with self.ready:
-                while not self.busy and not self._closed:
-                    if self._peak:  # a busy spell ended
-                        remember(self._sizes, self._peak)
-                        self._peak = 0
-                    self.ready.wait()  # idle: no turns, no CPU
-                if self._closed:
-                    self._end_all()
-                    return
-                taken: list[Row] = []
-                if self.filling is None:  # as many as there are free slots, in arrival order
-                    while self.waiting and len(self.live) + len(taken) < self.slots:
-                        taken.append(self.waiting.popleft())
-                    self._admitting = bool(taken)
-            with torch.inference_mode():
-                if taken:
-                    self._guarded(taken, self._begin, taken)
-                    self._admitting = False
-                if self.filling is not None:
-                    self._guarded(self.filling.rows, self._fill)
-                self._leave()
-                if self.live:
-                    try:
-                        self._step()
-                    except BaseException as exc:  # handed to every running row's caller
-                        for live in self.live:
-                            live.row.fail(exc)
-                        self.live, self.cache = [], None
-                    self._leave()
-
-    def _guarded(self, rows: list[Row], work, *args) -> None:
-        """A prefill's error is its own rows': those callers get it, the others go on."""
+        reason = "its thread has ended"
         try:
-            work(*args)
+            while self.broken is None:
+                try:
+                    if not self._turn():
+                        return
+                except BaseException as exc:  # outside any stage: no row in hand is known to be sound
+                    held = [*self.taken, *(self.filling.rows if self.filling is not None else [])]
+                    self.taken = []
+                    self._fail(exc, held, shared=True)
         except BaseException as exc:
+            reason = f"its thread ended on {describe(exc)}"
+        finally:
+            if not self._closed:
+                self._break(reason)
+
+    def _turn(self) -> bool:
+        """Rows taken from the line, a prefill chunk, a decode step; False once closed."""
+        with self.ready:
+            while not self.busy and not self._closed:
+                if self._peak:  # a busy spell ended
+                    remember(self._sizes, self._peak)
+                    self._peak = 0
+                self.ready.wait()  # idle: no turns, no CPU
+            if self._closed:
+                self._end_all()
+                return False
+            if self.filling is None:  # as many as there are free slots, in arrival order
+                while self.waiting and len(self.live) + len(self.taken) < self.slots:
+                    self.taken.append(self.waiting.popleft())
+        with torch.inference_mode():
+            if self.taken:
+                self._guard(self._begin, self.taken, rows=self.taken)
+                self.taken = []
+            if self.filling is not None:  # the group's own cache: an error is its rows' alone
+                job = self.filling
+                lives = self._guard(self._fill, rows=job.rows)
+                if lives:
+                    self._guard(self._join, lives, job.cache, rows=[live.row for live in lives], shared=True)
+            self._guard(self._leave, shared=True)
+            if self.live:
+                self._guard(self._step, shared=True)
+                self._guard(self._leave, shared=True)
+        return True
+
+    def _guard(self, work, *args, rows: list[Row] | None = None, shared: bool = False):
+        """work(*args), or None when it raised (see _fail)."""
+        try:
+            return work(*args)
+        except BaseException as exc:
+            self._fail(exc, rows or [], shared=shared)
+            return None
+
+    def _fail(self, exc: BaseException, rows: list[Row], *, shared: bool) -> None:
+        """Hand `exc` to the callers of `rows` (but not of those back in line) and, when the
+        running batch's cache is concerned (`shared`), of every running row, whose cache goes."""
+        concerned = list(rows)
+        if shared:
+            concerned += [live.row for live in self.live]
+            self.live, self.cache = [], None
+        with self.ready:
+            concerned = [row for row in concerned if not row.ended and row not in self.waiting]
+        for row in concerned:
+            row.fail(exc)
+        if self.filling is not None and all(row.ended for row in self.filling.rows):
             self.filling = None
-            for row in rows:
-                if not row.ended:
-                    row.fail(exc)
+        self._failed(exc)
+
+    def _held(self) -> list[Row]:
+        filling = self.filling.rows if self.filling is not None else []
+        return [*self.taken, *filling, *(live.row for live in self.live)]
 
     def _end_all(self) -> None:
-        for row in [*self.waiting, *(live.row for live in self.live)]:
-            row.end()
-        for row in self.filling.rows if self.filling is not None else ():
+        for row in [*self.waiting, *self._held()]:
             row.end()
         self.waiting.clear()
-        self.live, self.filling, self.cache = [], None, None
+        self.live, self.filling, self.cache, self.taken = [], None, None, []
 
     # -- prefill ------------------------------------------------------------------------------
 
@@ -214,16 +253,17 @@ class Scheduler(Line):
         if chosen:
             self.filling = group(chosen, self.model, self.pad_id, self.steps)
 
-    def _fill(self) -> None:
-        """Prefill the next chunk; after the last one each row picks its first token and joins."""
+    def _fill(self) -> list[_Live] | None:
+        """Prefill the next chunk; after the last one each row picks its first token, and the
+        rows are returned to join."""
         job = self.filling
         if job is None:
-            return
+            return None
         if all(row.finished() for row in job.rows):
             for row in job.rows:
                 row.end()
             self.filling = None
-            return
+            return None
         alone = len(job.rows) == 1  # a group fits in one chunk; a row alone may take several
         end = min(job.width, job.done + self.chunk) if alone else job.width
         with self._adapters(job.rows):
@@ -237,7 +277,7 @@ class Scheduler(Line):
             )
         job.done, job.chunks = end, job.chunks + 1
         if end < job.width:
-            return
+            return None
         self.filling = None
         remember(self.prefills, (len(job.rows), job.chunks, self.steps - job.steps_at))
         lives = []
@@ -246,7 +286,7 @@ class Scheduler(Line):
             sampler = RowSampler(row, self.stop_ids, self.think_ids, self.constraints)
             lives.append(_Live(row, sampler, ids.shape[1] + offset, ids, start=job.width - ids.shape[1]))
         self._pick(lives, out.logits[:, -1].float())
-        self._join(lives, job.cache)
+        return lives
 
     # -- the running batch --------------------------------------------------------------------
 
@@ -315,14 +355,20 @@ class Scheduler(Line):
         for live in self.live:
             live.position += 1
         self._pick(self.live, out.logits[:, -1].float())
+        self._worked()
 
     def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
-        """Each row's next token (every setting its own), handed to its caller."""
+        """Each row's next token (every setting its own), handed to its caller; a row whose own
+        sampler failed (its grammar) gets the error instead, and leaves before the next step."""
         histories = [live.history() for live in rows]
         counts = [live.row.count for live in rows]
-        tokens = pick([live.sampler for live in rows], logits, histories, counts, self.stop_ids)
+        tokens, errors = pick([live.sampler for live in rows], logits, histories, counts, self.stop_ids)
         now = time.perf_counter()
-        for live, token in zip(rows, tokens, strict=True):
+        for i, (live, token) in enumerate(zip(rows, tokens, strict=True)):
+            if i in errors:
+                log.warning("a row's token choice failed: %s", describe(errors[i]))
+                live.row.fail(errors[i])
+                continue
             live.last = token
             live.row.emit(token, now, self.stop_ids)
 
