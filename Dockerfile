@@ -38,6 +38,7 @@ USER 1000:1000
 EXPOSE 8080 8888
 VOLUME ["/home/glmflash/.cache/huggingface"]
 # Loading (or first downloading ~20 GB of) the model takes minutes: failures count only after that.
+# probe.py asks /health, which answers 503 once the decode loop has failed for good (engine.health()).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20m --retries=3 \
     CMD ["python", "/app/scripts/probe.py"]
 ENTRYPOINT ["/app/start.sh", "--container"]

@@ -74,6 +74,12 @@ class EngineBase(abc.ABC):
             return self
         return _AdapterView(self, chosen)
 
+    def health(self) -> str | None:
+        """None while the engine can serve; else why it cannot (a sentence for an operator: the
+        local engine's decode loop failed for good). Cheap: the server's /health and /ready read
+        it on every probe. A remote engine says None: its backend's state shows per request."""
+        return None
+
     def warm_up(self) -> float:
         """Do before serving what would otherwise make the first callers wait (compiling);
         returns the seconds it took."""
@@ -110,6 +116,9 @@ class _AdapterView(EngineBase):
     @property
     def busy(self) -> bool:
         return self.engine.busy
+
+    def health(self) -> str | None:
+        return self.engine.health()
 
     def memory(self) -> Memory | None:
         return self.engine.memory()

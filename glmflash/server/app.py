@@ -74,13 +74,23 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
             )
         return identity
 
+    def failed() -> JSONResponse | None:
+        """503 once the engine cannot serve (its decode loop failed for good): a container's
+        health check then marks it unhealthy, a load balancer leaves it out."""
+        reason = engine.health()
+        if reason is None:
+            return None
+        return JSONResponse({"status": "failed", "reason": reason}, status_code=503)
+
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        return failed() or {"status": "ok"}
 
     @app.get("/ready")
     async def ready():
         info = engine.info
+        if (answer := failed()) is not None:
+            return answer
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         return {"status": "ready", "model": info.model_id, "adapters": list(info.adapters),

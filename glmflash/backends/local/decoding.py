@@ -1,4 +1,5 @@
-"""Compiled decoding (GLMFLASH_COMPILE): a static KV cache and the decode step under torch.compile.
+"""Compiled decoding (GLMFLASH_COMPILE): a static KV cache and the decode step under torch.compile,
+and the warm-up that compiles it before a server takes requests.
 
 The request's GenerationConfig carries a CompileConfig, and the batcher hands `generate` a
 StaticCache: transformers then runs every step after the prefill through `torch.compile` (CUDA
@@ -11,6 +12,8 @@ shape, so the graphs find it at the address they were recorded with.
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 
 # The cache goes to generate as `past_key_values`, the name transformers before 5.2x knows; later
@@ -70,3 +73,47 @@ class CacheKeeper:
             self.cache = StaticCache(config=self.text_config, max_cache_len=length)
             self.shape = (rows, length)
         return self.cache
+
+
+def warm_up(engine) -> float:
+    """Compile `engine`'s decode step for what a server meets before a caller waits for it (one
+    request, two, a full batch; a short and a default answer budget, whose static caches differ
+    in length). Returns the seconds it took; raises GenerationError if compiling fails."""
+    from PIL import Image
+
+    from ...errors import GenerationError
+    from ...inputs.messages import ask_messages
+
+    started = time.perf_counter()
+    messages = ask_messages(Image.new("RGB", (224, 224), (128, 128, 128)), "Warm-up")
+    failures: list[BaseException] = []
+
+    def ask(budget: int) -> None:
+        stop = threading.Event()
+        options = {"max_new_tokens": budget, "min_new_tokens": min(8, budget), "temperature": 0}
+        try:
+            for count, _ in enumerate(engine.stream(messages, stop_event=stop, thinking=False, **options)):
+                if count == 8:
+                    stop.set()  # compiled by now: the rest of the budget is not needed
+        except BaseException as exc:  # handed to the caller of warm_up
+            failures.append(exc)
+
+    limits = engine.settings.limits
+    budget = min(limits.max_new_tokens, limits.max_new_tokens_limit)
+    for size, tokens in (
+        (1, 16),
+        (1, budget),
+        (2, budget),
+        (max(1, engine.settings.batching.max_batch_size), budget),
+    ):
+        callers = [threading.Thread(target=ask, args=(tokens,)) for _ in range(size)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        if failures:
+            raise GenerationError(
+                f"Compiled decoding failed while warming up ({failures[0]}). Unset GLMFLASH_COMPILE "
+                "to decode without compiling."
+            )
+    return time.perf_counter() - started

@@ -22,14 +22,13 @@ from ...config import EngineSettings
 from ...contract import EngineBase
 from ...errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from ...inputs.images import ImagePolicy
-from ...inputs.messages import ask_messages
 from ...options import batch_key
 from ...pipeline import Clock, Request, closing, prepare
 from ...replies import Chunk, EngineInfo, Memory, Timings, Usage
 from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from ...text.thinking import THINK_CLOSE, THINK_OPEN
 from .batcher import Batcher
-from .decoding import compiled_config
+from .decoding import compiled_config, warm_up
 from .load import stop_token_ids
 from .rows import RowRequest
 from .scheduler import Scheduler, slot_tokens
@@ -108,6 +107,8 @@ class Engine(EngineBase):
         iterator) to cancel.
         """
         started = time.perf_counter()
+        if self._batch is not None:  # a broken loop refuses at once
+            self._batch.check()
         ticket = _Ticket(self)  # on its way: the batcher waits for it
         try:
             chosen = self.choose_adapter(adapter)
@@ -126,44 +127,12 @@ class Engine(EngineBase):
 
     def warm_up(self) -> float:
         """With compiled decoding: compile the decode step for what a server meets before a caller
-        waits for it (one request, two, a full batch; a short and a default answer budget, whose
-        static caches differ in length). Returns the seconds it took; raises if compiling fails."""
-        if not self.compiled:
-            return 0.0
-        from PIL import Image
+        waits for it (decoding.warm_up). Returns the seconds it took; raises if compiling fails."""
+        return warm_up(self) if self.compiled else 0.0
 
-        started = time.perf_counter()
-        messages = ask_messages(Image.new("RGB", (224, 224), (128, 128, 128)), "Warm-up")
-        failures: list[BaseException] = []
-
-        def ask(budget: int) -> None:
-            stop = threading.Event()
-            options = {"max_new_tokens": budget, "min_new_tokens": min(8, budget), "temperature": 0}
-            try:
-                for count, _ in enumerate(self.stream(messages, stop_event=stop, thinking=False, **options)):
-                    if count == 8:
-                        stop.set()  # compiled by now: the rest of the budget is not needed
-            except BaseException as exc:  # handed to the caller of warm_up
-                failures.append(exc)
-
-        budget = min(self.settings.limits.max_new_tokens, self.settings.limits.max_new_tokens_limit)
-        for size, tokens in (
-            (1, 16),
-            (1, budget),
-            (2, budget),
-            (max(1, self.settings.batching.max_batch_size), budget),
-        ):
-            callers = [threading.Thread(target=ask, args=(tokens,)) for _ in range(size)]
-            for caller in callers:
-                caller.start()
-            for caller in callers:
-                caller.join()
-            if failures:
-                raise GenerationError(
-                    f"Compiled decoding failed while warming up ({failures[0]}). Unset GLMFLASH_COMPILE "
-                    "to decode without compiling."
-                )
-        return time.perf_counter() - started
+    def health(self) -> str | None:
+        """None while the decode loop serves (or has not started); else why it cannot."""
+        return self._batch.health() if self._batch is not None else None
 
     def close(self) -> None:
         """End the batcher's thread, which holds the model: the engine serves nothing after this."""
