@@ -5,8 +5,9 @@ Each line is `{"id", "messages": [user: image path + the task's prompt, assistan
 the answer is the task's JSON (thinking off), exactly what the model should write after the
 prompt. Corrections are a labels file in the evaluation's shape (`image, expected`): a label
 (classification) replaces the answer's label field, an object replaces the whole answer. Rows
-without an answer, with a missing image, or with an answer the task's schema refuses are left
-out and counted; the files are written whole or not at all.
+without an answer, with a missing image, with an answer the task's schema refuses, or that cannot
+be read (not UTF-8, nested too deep, a source that is no usable path) are left out and counted;
+the files are written whole or not at all.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import json
 import os
 from pathlib import Path
 
-import jsonschema
-
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, MissingDependencyError
 from ..jobs.tasks import Task
 
 SPLIT_SEED = "glmflash-split"
@@ -35,18 +34,17 @@ def export_training(
     """Write OUT/train.jsonl, OUT/val.jsonl and OUT/manifest.json; return the manifest."""
     if not 0 <= val_fraction < 1:
         raise InvalidRequestError("--val must be at least 0 and below 1.", param="val")
-    answers, skipped = _answers(Path(results))
+    answers, skipped, unreadable = _answers(Path(results))
     corrected = 0
     if corrections is not None:
         corrected = _correct(answers, Path(corrections), task)
-    rows, refused = [], {"no answer": skipped, "missing image": 0, "not the task's shape": 0}
+    rows = []
+    refused = {"no answer": skipped, "missing image": 0, "not the task's shape": 0, "unreadable": unreadable}
+    valid = _validator(task.schema) if task.schema is not None else None
     for source, answer in sorted(answers.items()):
-        if answer is None:
-            refused["no answer"] += 1
-        elif not Path(source).is_file():
-            refused["missing image"] += 1
-        elif task.schema is not None and not _valid(answer, task.schema):
-            refused["not the task's shape"] += 1
+        reason = _refusal(source, answer, valid)
+        if reason:
+            refused[reason] += 1
         else:
             rows.append(_line(source, task, answer))
     if not rows:
@@ -68,17 +66,17 @@ def read_split(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     rows = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(raw.decode("utf-8"))
             user, assistant = row["messages"]
             image = next(part["image"] for part in user["content"] if part["type"] == "image")
             rows.append({"id": row.get("id", str(number)), "image": image,
                          "prompt": next(p["text"] for p in user["content"] if p["type"] == "text"),
                          "answer": assistant["content"]})  # fmt: skip
-        except (ValueError, KeyError, TypeError, StopIteration):
+        except (ValueError, KeyError, TypeError, StopIteration, RecursionError):  # UnicodeDecodeError too
             raise InvalidRequestError(
                 f"{path} line {number} is not a training row (messages: a user turn with an image and "
                 "text, then the assistant's answer).",
@@ -87,30 +85,66 @@ def read_split(path: str | Path) -> list[dict]:
     return rows
 
 
-def _answers(results: Path) -> tuple[dict[str, object], int]:
-    """source -> parsed answer (None when the run had none) from a results JSONL."""
+def _answers(results: Path) -> tuple[dict[str, object], int, int]:
+    """source -> parsed answer (None when the run had none) from a results JSONL, the lines left
+    out for having no answer, and those that cannot be read (each line on its own)."""
     if not results.is_file():
         raise InvalidRequestError(f"No such results file: {results}.", param="results")
     answers: dict[str, object] = {}
-    skipped = 0
-    for line in results.read_text("utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            skipped += 1  # a torn last line of a killed run
-            continue
-        if not isinstance(record, dict) or "source" not in record or record.get("page"):
-            skipped += 1  # PDF pages: their image is not a file of its own
-            continue
-        answers[str(Path(record["source"]).resolve())] = record.get("result")
-    return answers, skipped
+    skipped = unreadable = 0
+    with results.open("rb") as lines:
+        for raw in lines:
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, RecursionError):  # not UTF-8; nested deeper than the parser goes
+                unreadable += 1
+                continue
+            except ValueError:
+                skipped += 1  # a torn last line of a killed run
+                continue
+            if not isinstance(record, dict) or "source" not in record or record.get("page"):
+                skipped += 1  # PDF pages: their image is not a file of its own
+                continue
+            source = _source(record["source"])
+            if source is None:
+                unreadable += 1
+                continue
+            answers[source] = record.get("result")
+    return answers, skipped, unreadable
+
+
+def _source(value) -> str | None:
+    """The absolute path a results line names, or None for one no file can have."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    try:
+        return str(Path(value).resolve())
+    except (OSError, ValueError, RuntimeError):  # too long, a symlink loop
+        return None
+
+
+def _refusal(source: str, answer, valid) -> str | None:
+    """Why a row is left out (a key of the manifest's left_out), or None to keep it."""
+    if answer is None:
+        return "no answer"
+    try:
+        if not Path(source).is_file():
+            return "missing image"
+    except (OSError, ValueError):  # e.g. a name longer than the file system takes
+        return "missing image"
+    try:
+        if valid is not None and not valid(answer):
+            return "not the task's shape"
+    except RecursionError:  # nested deeper than the validator goes
+        return "unreadable"
+    return None
 
 
 def _correct(answers: dict[str, object], corrections: Path, task: Task) -> int:
     from ..evaluate.data import load_labelled
     from ..evaluate.score import label_fields
 
-    labelled = load_labelled(corrections)
+    labelled = load_labelled(corrections, anywhere=True)  # the person's own files: batch results' sources
     label, _ = label_fields(task.schema) if task.schema else (None, None)
     changed = 0
     for item in labelled.items:
@@ -125,12 +159,18 @@ def _correct(answers: dict[str, object], corrections: Path, task: Task) -> int:
     return changed
 
 
-def _valid(answer, schema: dict) -> bool:
+def _validator(schema: dict):
+    """answer -> whether `schema` takes it; the schema is checked once, not per row. jsonschema is
+    imported here: the QLoRA step imports this module on a machine without it."""
     try:
-        jsonschema.validate(answer, schema)
-    except jsonschema.ValidationError:
-        return False
-    return True
+        import jsonschema
+    except ImportError:
+        raise MissingDependencyError(
+            "training-data checks answers against the task's schema: pip install 'jsonschema>=4.20'."
+        ) from None
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema).is_valid
 
 
 def _line(source: str, task: Task, answer) -> dict:
@@ -148,14 +188,13 @@ def _split(rows: list[dict], val_fraction: float) -> tuple[list[dict], list[dict
     """A split by each row's id, so it stays the same when rows are added; at least one row in
     validation when there are two or more and a fraction was asked for."""
 
-    def share(row):
-        return int(hashlib.sha256(f"{SPLIT_SEED}:{row['id']}".encode()).hexdigest()[:8], 16) / 2**32
-
-    val = [row for row in rows if share(row) < val_fraction]
-    if not val and val_fraction > 0 and len(rows) > 1:
-        val = [min(rows, key=share)]
-    train = [row for row in rows if row not in val]
-    return train, val
+    shares = [
+        int(hashlib.sha256(f"{SPLIT_SEED}:{row['id']}".encode()).hexdigest()[:8], 16) / 2**32 for row in rows
+    ]
+    chosen = {i for i, share in enumerate(shares) if share < val_fraction}
+    if not chosen and val_fraction > 0 and len(rows) > 1:
+        chosen = {min(range(len(rows)), key=shares.__getitem__)}
+    return [r for i, r in enumerate(rows) if i not in chosen], [r for i, r in enumerate(rows) if i in chosen]
 
 
 def _write(path: Path, text: str) -> None:
