@@ -5,6 +5,10 @@ picks on cards under 40 GB) unless --precision says otherwise; on this CPU the t
     python benchmarks/qlora_step.py --arch full --json out.json     # a CUDA GPU, bitsandbytes, peft
     .venv/bin/python benchmarks/qlora_step.py                       # the tiny model on the CPU
 
+`--config FILE` trains another architecture with random weights (scripts/gpu_measure.sh's CI dry
+run: a shrunken one, `--device cpu`, fp32), `--checkpoint DIR` takes the random checkpoint that
+`bench --arch-only --checkpoint DIR` kept (or writes one there).
+
 Rows are noise images at the training pixel budget with a short JSON answer; the figures are
 finetune's own report (steps/s, the estimate made before the run, the memory used: CUDA's peak
 allocation, or peak RSS on a CPU), over --steps optimiser steps of --batch rows each.
@@ -23,6 +27,7 @@ from PIL import Image
 
 import glmflash
 from glmflash.adapt.train import TrainSettings, finetune
+from glmflash.commands.bench import _scratch, arch_config, random_checkpoint
 
 
 def rows(folder: Path, count: int, side: int) -> Path:
@@ -48,7 +53,12 @@ def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--arch", choices=("tiny", "full"), default="tiny")
-    parser.add_argument("--precision", help="the base's precision (default: int4 for full, fp32 for tiny)")
+    parser.add_argument(
+        "--config", help="full: another architecture (JSON as glmflash/data/full_size_config.json)"
+    )
+    parser.add_argument("--device", help="full: where to train (cuda:0)")
+    parser.add_argument("--checkpoint", help="full: a folder that keeps the random checkpoint (reused)")
+    parser.add_argument("--precision", help="the base's precision (default: int4 on CUDA, else fp32)")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps to time")
     parser.add_argument("--batch", type=int, default=2, help="rows per optimiser step")
     parser.add_argument("--side", type=int, default=0, help="image side (default: the budget's)")
@@ -61,11 +71,17 @@ def main() -> None:
         began = time.perf_counter()
         if args.arch == "full":
             from glmflash.backends.local.load import full_size_config
-            from glmflash.commands.bench import _scratch, random_checkpoint
 
-            scratch = tempfile.TemporaryDirectory(dir=_scratch())
-            model = str(random_checkpoint(Path(scratch.name), full_size_config(), "cuda:0"))
-            engine = glmflash.load(model, args.precision or "int4", "cuda:0")
+            device = args.device or "cuda:0"
+            config = arch_config(args.config) if args.config else full_size_config()
+            if args.checkpoint:
+                scratch, kept = None, Path(args.checkpoint)
+            else:
+                scratch = tempfile.TemporaryDirectory(dir=_scratch() if device.startswith("cuda") else None)
+                kept = Path(scratch.name)
+            model = str(random_checkpoint(kept, config, device, reuse=bool(args.checkpoint)))
+            precision = args.precision or ("int4" if device.startswith("cuda") else "fp32")
+            engine = glmflash.load(model, precision, device)
         else:
             scratch = None
             engine = glmflash.load("tiny", args.precision or "fp32", "cpu")

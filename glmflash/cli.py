@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="TTFT, tokens/s, images/s, memory vs raw model.generate")
     _model_flags(bench)
-    bench.add_argument("--size", type=int, default=448, help="image side in pixels (448)")
+    bench.add_argument("--size", type=int, help="image side in pixels (448; --arch-only: 1024)")
     bench.add_argument("--tokens", type=int, default=64, help="answer tokens, forced (64)")
     bench.add_argument("--requests", type=int, default=8, help="requests per measurement (8)")
     bench.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="callers at once (1,4,16)")
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions",
         default="bf16,int8,int4",
         help="--arch-only variants: a precision, optionally +compile, +torchao (bf16,int8,int4)",
+    )
+    bench.add_argument(
+        "--config", help="--arch-only: another architecture (JSON as glmflash/data/full_size_config.json)"
+    )
+    bench.add_argument(
+        "--checkpoint", help="--arch-only: keep the random checkpoint in this folder and reuse it"
     )
 
     info = commands.add_parser("info", help="load the model and print engine.info as JSON")

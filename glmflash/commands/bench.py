@@ -6,6 +6,8 @@ reads its `images_per_s`).
 `--arch-only` measures the real GLM-4.6V-Flash architecture with random weights on a GPU (no
 download: weight values do not change the timings) in bf16, int8 and int4 through the same
 loading code as the checkpoint, against the memory-bandwidth limit it measures first.
+`--config FILE` measures another architecture (scripts/gpu_measure.sh's CI dry run: a shrunken
+one on the CPU) and `--checkpoint DIR` keeps the random checkpoint for the next run to reuse.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
     local = isinstance(engine, Engine)  # raw model.generate is the baseline; remote: its own 1 by 1
     if local:
         baseline(engine, warm[:1], tokens)  # warm-up both paths
-    through_engine(engine, warm, tokens, 2)
+    through_engine(engine, warm, tokens, min(2, max(concurrency)))  # no batch shape left unmeasured
     engine.reset_peak_memory()  # the one-image peak: requests one at a time, nothing else
     if local:
         base = baseline(engine, workload(requests, size), tokens)
@@ -222,15 +224,40 @@ def memory_bandwidth(device: str = "cuda:0", gib: float = 2.0) -> float:
     return 2 * gib * 2**30 / best
 
 
-def random_checkpoint(folder: Path, config, device: str) -> Path:
+def arch_config(path: str | Path):
+    """A Glm4vConfig from a JSON file laid out as glmflash/data/full_size_config.json."""
+    import json
+
+    from transformers import Glm4vConfig
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        from ..errors import InvalidRequestError
+
+        raise InvalidRequestError(f"Cannot read the architecture {path}: {exc}", param="config") from None
+    data.pop("_comment", None)
+    return Glm4vConfig(**data)
+
+
+def random_checkpoint(folder: Path, config, device: str, *, reuse: bool = False) -> Path:
     """`config`'s architecture with random bf16 weights, beside a tokenizer laid out with the
-    family's real token ids; every id the config names (image, video, eos, pad) is the tokenizer's."""
+    family's real token ids; every id the config names (image, video, eos, pad) is the tokenizer's.
+    `reuse`: a checkpoint of the same architecture already in `folder` is taken as it is."""
+    import hashlib
+    import shutil
+
     from transformers import AutoModelForImageTextToText
 
     from ..backends.local.load import check_token_ids
     from ..testing import generation_config, token_ids, write_processor
 
     target = folder / "glm46v-random"
+    stamp, key = target / "glmflash-random.txt", hashlib.sha256(config.to_json_string().encode()).hexdigest()
+    if reuse and stamp.is_file() and stamp.read_text() == key:
+        print(f"random checkpoint reused: {target}", file=sys.stderr, flush=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)
     tokenizer = write_processor(target, real_ids=True).tokenizer
     ids = token_ids(tokenizer)
     config = copy.deepcopy(config)
@@ -252,6 +279,8 @@ def random_checkpoint(folder: Path, config, device: str) -> Path:
     del model
     gc.collect()
     _empty_cache()
+    stamp.write_text(key)  # last: a checkpoint cut short is never reused
+    print(f"random checkpoint written: {target}", file=sys.stderr, flush=True)
     return target
 
 
@@ -310,15 +339,20 @@ def arch_only(
     variants,
     tokens: int,
     requests: int,
-    concurrency: int,
+    concurrency: int | list[int],
     save=lambda result: None,
     device: str = "cuda:0",
     config=None,
     size: int = 1024,
     bandwidth_gib: float = 2.0,
+    checkpoint: str | Path | None = None,
 ) -> dict:
     """Each variant of the full-size architecture (or `config`) in turn on `device`, a 1024x1024
-    image; `save` gets the result after each variant, so a run cut short still reports."""
+    image, at 1 and `concurrency` callers (or each of a list); `save` gets the result after each
+    variant, so a run cut short still reports. `checkpoint`: a folder where the random checkpoint
+    is kept (and reused from) instead of a temporary one."""
+    import contextlib
+
     import glmflash
 
     from ..backends.local.load import full_size_config, weight_bytes
@@ -327,22 +361,31 @@ def arch_only(
         from ..errors import InvalidRequestError
 
         raise InvalidRequestError("--arch-only needs a CUDA GPU.")
+    levels = [1, concurrency] if isinstance(concurrency, int) else list(concurrency)
     choices = {variant: parse_variant(variant) for variant in variants}
-    result = {
+    result: dict = {
         "device_name": device_name(device),
         "bandwidth_bytes_per_s": memory_bandwidth(device, bandwidth_gib),
         "image": f"{size}x{size}",
     }
     save(result)
-    with tempfile.TemporaryDirectory(dir=_scratch() if device.startswith("cuda") else None) as tmp:
-        folder = random_checkpoint(Path(tmp), config or full_size_config(), device)
+    kept: contextlib.AbstractContextManager[str]
+    if checkpoint is not None:
+        Path(checkpoint).mkdir(parents=True, exist_ok=True)
+        kept = contextlib.nullcontext(str(checkpoint))
+    else:
+        kept = tempfile.TemporaryDirectory(dir=_scratch() if device.startswith("cuda") else None)
+    with kept as tmp:
+        folder = random_checkpoint(
+            Path(tmp), config or full_size_config(), device, reuse=checkpoint is not None
+        )
         for variant, options in choices.items():
             began = time.perf_counter()
             engine = None
             try:
-                engine = glmflash.load(str(folder), device=device, max_batch_size=concurrency, **options)
+                engine = glmflash.load(str(folder), device=device, max_batch_size=max(levels), **options)
                 weights = weight_bytes(engine.model)
-                one = run(engine, size=size, tokens=tokens, requests=requests, concurrency=[1, concurrency])
+                one = run(engine, size=size, tokens=tokens, requests=requests, concurrency=levels)
             except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
                 result[variant] = {"error": f"{type(exc).__name__}: {exc}"}
             else:
@@ -375,12 +418,18 @@ def main(args, settings=None) -> int:
     def save(result: dict) -> None:
         target.write_text(json.dumps(result, indent=2))
 
+    failed = False
     if args.arch_only:
         variants = args.precisions.split(",")
+        device = args.device or "cuda:0"
         result = arch_only(variants=variants, tokens=args.tokens, requests=args.requests,
-                           concurrency=max(args.concurrency), save=save)  # fmt: skip
+                           concurrency=sorted({1, *args.concurrency}), save=save, device=device,
+                           config=arch_config(args.config) if args.config else None, size=args.size or 1024,
+                           bandwidth_gib=2.0 if device.startswith("cuda") else 0.25,
+                           checkpoint=args.checkpoint)  # fmt: skip
         for variant in variants:
             entry = result[variant]
+            failed = failed or "error" in entry
             print(f"{variant}: {entry.get('error') or table(entry)}")
             if "decode_fraction_of_limit" in entry:
                 print(f"  one stream decodes at {entry['decode_fraction_of_limit']:.0%} (model.generate) and "
@@ -391,9 +440,13 @@ def main(args, settings=None) -> int:
 
         engine = load(args.model, args.precision, args.device, settings=settings)
         result = run(
-            engine, size=args.size, tokens=args.tokens, requests=args.requests, concurrency=args.concurrency
+            engine,
+            size=args.size or 448,
+            tokens=args.tokens,
+            requests=args.requests,
+            concurrency=args.concurrency,
         )
         print(table(result))
         save(result)
     print(f"written: {target}", file=sys.stderr)
-    return 0
+    return 1 if failed else 0  # a variant that failed: the others' figures are written all the same
