@@ -1,5 +1,7 @@
 """GPU-only checks (skipped without CUDA): the same loading path in bf16 and int4 on a real GPU,
-compiled decoding with its CUDA graphs, torchao int8, and the token scheduler on CUDA."""
+compiled decoding with its CUDA graphs, torchao int8, and the token scheduler on CUDA. One check
+runs everywhere: the helpers they import load (tests/test_gpu_dry_run.py runs this file with
+only the GPU machine's packages)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,15 @@ from PIL import Image
 
 import glmflash
 
-pytestmark = pytest.mark.gpu
+
+def test_the_helpers_of_the_gpu_tests_import():
+    from .test_batching import MIXED
+    from .test_scheduler import arriving, generate_tokens
+
+    assert MIXED and callable(arriving) and callable(generate_tokens)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["bf16", "int4"])
 def test_tiny_model_on_gpu(cache_dir, precision):
     engine = glmflash.load("tiny", precision, "cuda", cache_dir=str(cache_dir))
@@ -19,6 +27,7 @@ def test_tiny_model_on_gpu(cache_dir, precision):
     assert reply.usage.image_tokens > 0 and reply.usage.completion_tokens >= 1
 
 
+@pytest.mark.gpu
 def test_auto_precision_on_gpu_is_bf16_or_fp16():
     from glmflash.backends.local.load import choose_placement
 
@@ -26,6 +35,7 @@ def test_auto_precision_on_gpu_is_bf16_or_fp16():
     assert placement.precision in ("bf16", "fp16") and placement.device == "cuda:0"
 
 
+@pytest.mark.gpu
 def test_compiled_decoding_on_gpu_replays_its_cuda_graphs(cache_dir):
     """The same request over and over after warm-up: CUDA graphs are replayed, never skipped, and
     the kept static cache stays where the graphs were recorded."""
@@ -40,6 +50,7 @@ def test_compiled_decoding_on_gpu_replays_its_cuda_graphs(cache_dir):
     assert not counters["inductor"].get("cudagraph_skips"), dict(counters["inductor"])
 
 
+@pytest.mark.gpu
 def test_torchao_int8_compiled_on_gpu(cache_dir):
     options = {"cache_dir": str(cache_dir), "quantizer": "torchao", "compile": True}
     engine = glmflash.load("tiny", "int8", "cuda", **options)
@@ -48,6 +59,7 @@ def test_torchao_int8_compiled_on_gpu(cache_dir):
     assert reply.usage.image_tokens > 0 and reply.usage.completion_tokens >= 1
 
 
+@pytest.mark.gpu
 def test_token_scheduler_on_gpu_gives_generates_tokens(cache_dir):
     """Rows joining a running batch on CUDA (fp32: no rounding between batch shapes) get the
     tokens of `model.generate` alone; the KV budget comes from the free GPU memory."""
