@@ -5,9 +5,12 @@ with Stop), and see the scores, the confusion matrix or per-field table, and the
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import gradio as gr
@@ -27,7 +30,7 @@ from .labels import labels
 POLL_S = 0.5
 LABEL_FILES = (".csv", ".jsonl", ".ndjson")
 MAX_ZIP_ENTRIES = 5_000
-MAX_ZIP_BYTES = 2_000_000_000  # unpacked, in all
+MAX_ZIP_BYTES = 2_000_000_000  # unpacked, for one upload's zips and files together
 
 
 def build_eval_tab(engine, settings, model_choice, engines: dict) -> None:
@@ -195,17 +198,32 @@ def _cell(value) -> str:
 
 def _gather(paths: list[str], folder: Path) -> Path:
     """Copy the uploads into one folder by their own names, unpacking zips there (no path may
-    leave it, with a cap on entries and bytes); returns the one labels file among them."""
+    leave it; one cap on entries and bytes for the whole upload, zips and files together);
+    entries that cannot be unpacked are left out, each named in one notice. Returns the one
+    labels file among them."""
     if not paths:
         raise InvalidRequestError(
             "Add a labels file (CSV or JSONL of image, expected) and its images, or a zip."
         )
     folder.mkdir(parents=True)
+    budget = _Budget()
+    skipped: list[str] = []
     for path in map(Path, paths):
         if path.suffix.lower() == ".zip":
-            _unzip(path, folder)
-        else:
-            shutil.copyfile(path, folder / path.name)
+            skipped += _unzip(path, folder, budget)
+            continue
+        target = folder / path.name
+        if path.name in ("", ".", "..") or target.exists():
+            skipped.append(f"{path.name!r}: the same name as another upload, or no name; left out.")
+            continue
+        try:
+            budget.take(path.name, 1, path.stat().st_size)
+            shutil.copyfile(path, target)
+        except OSError as exc:
+            raise InvalidRequestError(f"Cannot read the upload {path.name}: {exc.strerror or exc}.") from None
+    if skipped:
+        more = f" (and {len(skipped) - 10} more)" if len(skipped) > 10 else ""
+        gr.Warning(f"Left out of the upload{more}: " + " ".join(skipped[:10]))
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in LABEL_FILES and p.is_file())
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"
@@ -213,21 +231,61 @@ def _gather(paths: list[str], folder: Path) -> Path:
     return found[0]
 
 
-def _unzip(path: Path, folder: Path) -> None:
+class _Budget:
+    """Files and unpacked bytes left for one upload, all its zips and files together."""
+
+    def __init__(self):
+        self.entries, self.bytes = MAX_ZIP_ENTRIES, MAX_ZIP_BYTES
+
+    def take(self, name: str, entries: int, size: int) -> None:
+        self.entries -= entries
+        self.bytes -= size
+        if self.entries < 0 or self.bytes < 0:
+            raise InvalidRequestError(
+                f"The upload is too big at {name}: at most {MAX_ZIP_ENTRIES:,} files and "
+                f"{MAX_ZIP_BYTES / 1e9:g} GB unpacked, all zips and files together."
+            )
+
+
+def _unzip(path: Path, folder: Path, budget: _Budget | None = None) -> list[str]:
+    """Unpack the zip into `folder`; returns what was left out, one message per entry (a link,
+    a name that is no file inside the folder, an entry that cannot be read or written)."""
+    budget = budget or _Budget()
     try:
         with zipfile.ZipFile(path) as archive:
             entries = [e for e in archive.infolist() if not e.is_dir()]
-            if len(entries) > MAX_ZIP_ENTRIES or sum(e.file_size for e in entries) > MAX_ZIP_BYTES:
-                raise InvalidRequestError(f"{path.name} is too big: at most {MAX_ZIP_ENTRIES:,} files, 2 GB.")
+            budget.take(path.name, len(entries), sum(e.file_size for e in entries))
             root = folder.resolve()
-            for entry in entries:
-                target = (folder / entry.filename).resolve()
-                if not target.is_relative_to(root):
-                    raise InvalidRequestError(
-                        f"{path.name} holds a path outside its folder: {entry.filename!r}."
-                    )
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(entry) as source, target.open("wb") as out:
-                    shutil.copyfileobj(source, out)
-    except zipfile.BadZipFile:
+            problems = (_unpack(archive, entry, root) for entry in entries)
+            return [f"{path.name}: {entry.filename[:120]!r} {problem}" for entry, problem in
+                    zip(entries, problems, strict=True) if problem]  # fmt: skip
+    except (zipfile.BadZipFile, OSError, EOFError):
         raise InvalidRequestError(f"{path.name} is not a readable zip file.") from None
+
+
+def _unpack(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, root: Path) -> str | None:
+    """Write one entry under `root`; None when done, else why it was left out."""
+    if stat.S_ISLNK(entry.external_attr >> 16):
+        return "is a symbolic link; left out (zip the file itself)."
+    target = Path(os.path.normpath(root / entry.filename))
+    if target == root or not target.is_relative_to(root):
+        return "is not a file name inside the zip's folder; left out."
+    created = False
+    try:
+        if target.exists() or target.is_symlink():
+            return "appears twice (or as a folder too); the first is kept."
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(root):
+            return "is not a file name inside the zip's folder; left out."
+        with archive.open(entry) as source, target.open("xb") as out:
+            created = True
+            shutil.copyfileobj(source, out)  # at most its declared size: zipfile stops there
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error) as exc:
+        problem = f"cannot be unpacked ({exc}); left out."
+    except OSError as exc:
+        problem = f"cannot be written ({exc.strerror or exc}); left out."
+    else:
+        return None
+    if created:  # a part of it: not kept
+        target.unlink(missing_ok=True)
+    return problem
