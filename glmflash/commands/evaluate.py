@@ -74,15 +74,21 @@ def cost_inputs(pairs: list[str]) -> dict:
 
 
 def run(args, load_engine) -> int:
+    """Images are named relative to DATA's folder and must lie inside it, as on the page: a labels
+    file may come from someone else, and its report is shared."""
+    from ..config import Settings
     from ..evaluate.compare import compare_runs, format_table, load_run, row
     from ..evaluate.report import write_report
+    from ..inputs.images import ImagePolicy
 
     changes = cost_inputs(args.cost)
+    limits = Settings.from_env().limits
+    policy = ImagePolicy.from_limits(limits)
     if args.compare:
         runs = [load_run(folder) for folder in args.compare]
         result = compare_runs(runs)
         print(format_table(result["table"]))
-        report = write_report(runs, args.report or "compare.html")
+        report = write_report(runs, args.report or "compare.html", policy)
         print(
             f"{len(result['disagreements'])} images answered differently; report: {report}", file=sys.stderr
         )
@@ -98,7 +104,9 @@ def run(args, load_engine) -> int:
 
     task = load_task(args.task, language=args.language, find=args.find)
     field = args.label_field or label_fields(task.schema)[0]
-    data = load_labelled(args.data, labels=label_choices(task.schema, field))  # checked before a model loads
+    choices = label_choices(task.schema, field)
+    # checked before a model loads
+    data = load_labelled(args.data, labels=choices, max_image_bytes=limits.max_image_bytes)
     for problem in data.problems:
         print(f"left out: {problem}", file=sys.stderr)
     engine = load_engine(args.backend, args.api_key or os.environ.get("GLMFLASH_BACKEND_API_KEY"))
@@ -119,7 +127,7 @@ def run(args, load_engine) -> int:
     if progress:
         progress.finish()
     run = load_run(args.out)
-    report = write_report([run], Path(args.out) / "report.html")
+    report = write_report([run], Path(args.out) / "report.html", policy)
     print(format_table([row(run)]))
     state = "complete" if result["complete"] else "interrupted: rerun the same command to resume"
     print(f"{state}; report: {report}", file=sys.stderr)
