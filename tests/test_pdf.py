@@ -57,6 +57,25 @@ def raw_pdf(pages: int, *, encrypted: bool = False) -> bytes:
     return body
 
 
+def heavy_pdf(shapes: int) -> bytes:
+    """One Letter page drawn from `shapes` filled triangles: slow to render (20,000 take seconds)."""
+    ops = "".join(
+        f"{i % 600} {i % 790} m {i * 7 % 600} {i * 13 % 790} l {i * 3 % 600} {i * 5 % 790} l f\n"
+        for i in range(shapes)
+    ).encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+               b"<< /Length %d >>\nstream\n" % len(ops) + ops + b"endstream"]  # fmt: skip
+    body, offsets = b"%PDF-1.4\n", []
+    for number, text in enumerate(objects, 1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n" % number + text + b"\nendobj\n"
+    xref = len(body)
+    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    body += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return body + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
 def question(source, text="What is the total?"):
     return [{"role": "user", "content": [{"type": "image", "image": source}, {"type": "text", "text": text}]}]
 
@@ -101,6 +120,28 @@ def test_pages_can_be_chosen_and_the_page_limit_is_per_document(engine):
     few = engine_with(engine, max_images=2)
     with pytest.raises(ImageError, match=r"3 pages; .* over 2 images"):
         few.chat(question(pillow_pdf()), max_new_tokens=2)
+
+
+def test_the_time_limit_holds_while_one_page_is_being_drawn():
+    from glmflash.inputs.pdf import render_pdf
+
+    heavy = heavy_pdf(20_000)  # one page that takes seconds to draw at the pixel budget
+    started = time.monotonic()
+    with pytest.raises(ImageError, match=r"took over 0.3 s \(page 1 of 1\)") as caught:
+        render_pdf(heavy, PdfLimits(timeout_s=0.3))
+    elapsed = time.monotonic() - started
+    assert caught.value.code == "pdf_timeout" and elapsed < 1.5, elapsed
+    light = heavy_pdf(200)  # drawn whole in time, the same pixels as PDFium's own one-call render
+    (image,) = render_pdf(light, PdfLimits())
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(light)
+    page = document[0]
+    scale = (PdfLimits().max_image_pixels / (612 * 792)) ** 0.5
+    reference = page.render(scale=scale).to_pil().convert("RGB")
+    page.close()
+    document.close()
+    assert image.size == reference.size and image.tobytes() == reference.tobytes()
 
 
 @pytest.mark.parametrize(
