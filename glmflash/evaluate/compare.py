@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidRequestError
 from .score import same
@@ -44,7 +45,8 @@ DETECTION_METRICS = ("iou_threshold", "precision", "recall", "f1", "mean_iou", "
                      "false_positives", "false_negatives")  # fmt: skip
 # What the table and the report read: a dict's keys, each with the type its value must have
 # (object: any value). Numbers are not checked: they are formatted whatever they hold.
-RUN = {
+Shape = dict[str, Any]
+RUN: Shape = {
     "name": str,
     "config": {"data": str, "data_hash": str, "task": object,
                "model": {"model_id": object, "precision": object}},
@@ -53,12 +55,12 @@ RUN = {
              "inputs": object},
     "throughput": {"images_per_s": object},
 }  # fmt: skip
-KINDS = {
+KINDS: dict[str, Shape] = {
     "classification": {"per_class": dict, "classes": list, "confusion": list},
     "extraction": {"field_accuracy": object, "invented_total": object, "per_field": dict, "invented": dict},
     "detection": dict.fromkeys(DETECTION_METRICS, object),
 }
-ITEM = {"row": object, "image": str, "expected": object, "predicted": object, "correct": object,
+ITEM: Shape = {"row": object, "image": str, "expected": object, "predicted": object, "correct": object,
         "wrong_fields": list}  # fmt: skip
 
 
@@ -69,7 +71,7 @@ def _kind(scores: dict) -> str | None:
     return _shape(scores["scores"], KINDS[kind], "scores.json: scores")
 
 
-def _shape(value, shape: dict, where: str) -> str | None:
+def _shape(value, shape: Shape, where: str) -> str | None:
     if not isinstance(value, dict):
         return f"{where} is not an object"
     for key, kind in shape.items():
