@@ -28,7 +28,9 @@ def add_parser(commands, model_flags) -> None:
         "With --compare, put finished runs side by side.",
     )
     model_flags(parser)
-    parser.add_argument("data", nargs="?", help="CSV or JSONL with columns image, expected")
+    parser.add_argument(
+        "data", nargs="?", help="CSV or JSONL with columns image, expected (images inside its folder)"
+    )
     parser.add_argument("--task", help=f"{' or '.join(PRESETS)}, or a task JSON file")
     parser.add_argument("--out", help="the run's folder (rerun to resume)")
     parser.add_argument("--backend", help="an OpenAI-compatible /v1 URL to evaluate instead of a local model")
