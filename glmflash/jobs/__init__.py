@@ -1,3 +1,4 @@
-"""Batch jobs: task presets with schema-checked answers (tasks.py) and the resumable runner that
-writes them as JSON lines (runner.py).
+"""Batch jobs: task presets with schema-checked answers (tasks.py), which files a job reads
+(inputs.py), the resumable runner that writes answers as JSON lines (runner.py) and their CSV
+export (export.py).
 """
