@@ -65,7 +65,12 @@ def build_batch_tab(engine, settings, model_choice, engines: dict) -> None:
             )
 
     def run_batch(uploads, name, lang, what, model, request: gr.Request):
-        paths = [Path(upload_path(f)) for f in uploads or []]
+        try:
+            paths = [Path(upload_path(f)) for f in uploads or []]
+        except GlmflashError as exc:
+            gr.Warning(exc.message)
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
         if not paths:
             gr.Warning(t["batch_no_files"])
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()

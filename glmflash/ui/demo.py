@@ -13,6 +13,7 @@ from ..adapt.serve import served_models
 from ..errors import GlmflashError, ImageError
 from ..inputs.images import ImagePolicy
 from ..options import OPTIONS, to_openai
+from . import uploads
 from .batch_tab import build_batch_tab
 from .cost_tab import build_cost_tab
 from .documents import chosen, preview, upload_path
@@ -28,6 +29,7 @@ OPENAI_CLIENT_ARGS = {
 
 
 def build_demo(engine, settings) -> gr.Blocks:
+    uploads.folder(settings)  # before any component: each one caches files there
     t = labels(settings.server.lang)
     policy = ImagePolicy.from_limits(settings.limits, allow_local_files=False)
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
@@ -36,12 +38,14 @@ def build_demo(engine, settings) -> gr.Blocks:
     engines = _by_model(engine, settings)  # the header's choices: model id -> engine answering so
 
     def respond(request: gr.Request, message, chat, history, system, pages, model, *values):
+        """`chat`: the transcript as the server keeps it (a State): the client's Chatbot value is
+        never read back, so no path a visitor writes into it reaches Gradio's file cache."""
         gen = _generation(dict(zip(controls, values, strict=True)))
         answering = engines.get(model, engine)  # the header's choice
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
         if not text and not files:
-            yield chat, history, gr.skip(), gr.skip(), message
+            yield chat, chat, history, gr.skip(), gr.skip(), message
             return
         stop = threading.Event()
         try:
@@ -57,7 +61,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             )
         except GlmflashError as exc:
             gr.Warning(_plain(exc.message))  # the input was not cleared: it stays for another try
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
         stops[request.session_hash or ""] = stop
         shown = chat + [{"role": "user", "content": {"path": upload_path(f)}} for f in files]
@@ -76,8 +80,10 @@ def build_demo(engine, settings) -> gr.Blocks:
                     answer += chunk.text
                 if time.monotonic() - last >= UPDATE_EVERY_S:
                     last = time.monotonic()
+                    partial = _chat(shown, reasoning, answer, t, pending=True)
                     yield (
-                        _chat(shown, reasoning, answer, t, pending=True),
+                        partial,
+                        partial,
                         history,
                         gr.skip(),
                         gr.skip(),
@@ -85,7 +91,7 @@ def build_demo(engine, settings) -> gr.Blocks:
                     )
         except GlmflashError as exc:  # mid-answer: the input was cleared, so give it back
             gr.Warning(_plain(exc.message))
-            yield chat, history, gr.skip(), gr.skip(), message
+            yield chat, chat, history, gr.skip(), gr.skip(), message
             return
         finally:
             stops.pop(request.session_hash or "", None)
@@ -95,7 +101,8 @@ def build_demo(engine, settings) -> gr.Blocks:
         figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, system, gen, settings, model)
         drawn = _drawn_boxes(final, sent, t)
-        yield _chat(shown, reasoning, answer, t, pending=False) + drawn, history, figures, api, None
+        done = _chat(shown, reasoning, answer, t, pending=False) + drawn
+        yield done, done, history, figures, api, None
 
     def stop_generation(request: gr.Request):
         event = stops.get(request.session_hash or "")
@@ -170,6 +177,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         with gr.Tab(t["eval_tab"], elem_id="eval-tab"):
             build_eval_tab(engine, settings, model_choice, engines)
         history = gr.State([])
+        transcript = gr.State([])  # what the chat shows, kept here: the client's copy is display only
         last_input = gr.State(None)
         with gr.Row(visible=False):
             api_image = gr.Image(type="filepath")
@@ -177,22 +185,21 @@ def build_demo(engine, settings) -> gr.Blocks:
             api_answer = gr.Textbox()
             api_button = gr.Button()
 
-        inputs = [box, chatbot, history, system, pdf_pages, model_choice, *controls.values()]
+        inputs = [box, transcript, history, system, pdf_pages, model_choice, *controls.values()]
         previews = [pdf_preview, pdf_pages, pdf_shown]
         box.change(lambda m, shown: preview(m, shown, policy, t), [box, pdf_shown], previews, queue=False)
-        outputs = [chatbot, history, figures, api, box]
+        outputs = [chatbot, transcript, history, figures, api, box]
         # Waiting turns queue at the engine (one generation at a time); Stop skips every queue.
         slots = settings.server.max_queue + 1
         submitted = box.submit(lambda m: m, [box], [last_input], queue=False).then(
             respond, inputs, outputs, concurrency_limit=slots
         )
-        retried = retry.click(_drop_last_turn, [chatbot, history, last_input], [chatbot, history, box]).then(
-            respond, inputs, outputs, concurrency_limit=slots
-        )
+        retried = retry.click(
+            _drop_last_turn, [transcript, history, last_input], [chatbot, transcript, history, box]
+        ).then(respond, inputs, outputs, concurrency_limit=slots)
         box.stop(stop_generation, None, None, cancels=[submitted, retried], queue=False)
-        new_chat.click(
-            lambda: ([], [], "", t["api_empty"], None), None, [chatbot, history, figures, api, box]
-        )
+        cleared = [chatbot, transcript, history, figures, api, box]
+        new_chat.click(lambda: ([], [], [], "", t["api_empty"], None), None, cleared)
         api_button.click(ask, [api_image, api_question], [api_answer], api_name="ask")
         demo.load(cost_update, cost_inputs, [cost_table, cost_plot], queue=False)
     demo.queue(max_size=settings.server.max_queue * 4)  # beyond this the page says the queue is full
@@ -217,12 +224,14 @@ def _quiet(demo) -> None:
 def _read_upload(file, policy: ImagePolicy) -> bytes:
     """An uploaded file's bytes (refused by size before reading); the engine decodes and checks them."""
     path = Path(upload_path(file))
-    size = path.stat().st_size
-    if size > policy.max_bytes:
+    with path.open("rb") as f:
+        data = f.read(policy.max_bytes + 1)  # never more than the limit, whatever the size says
+    if len(data) > policy.max_bytes:
+        size = path.stat().st_size
         raise ImageError(
             f"{path.name} is {size / 1e6:.1f} MB, over the {policy.max_bytes / 1e6:.1f} MB limit."
         )
-    return path.read_bytes()
+    return data
 
 
 def _plain(message: str) -> str:
@@ -268,11 +277,12 @@ def _drawn_boxes(final, images: list[bytes], t) -> list[dict]:
 
 
 def _drop_last_turn(chat, history, last_input):
+    """Retry: the transcript (the server's own) without its last turn, and that turn's input."""
     while chat and chat[-1]["role"] == "assistant":
         chat = chat[:-1]
     while chat and chat[-1]["role"] == "user":
         chat = chat[:-1]
-    return chat, history[:-2], last_input
+    return chat, chat, history[:-2], last_input
 
 
 def _figures(final, t, memory) -> str:

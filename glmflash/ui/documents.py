@@ -3,6 +3,7 @@ the page range to send ("1-3, 5"; empty: every page, up to GLMFLASH_MAX_PDF_PAGE
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import gradio as gr
 from ..errors import GlmflashError, InvalidRequestError
 from ..inputs.images import ImagePolicy
 from ..inputs.pdf import PdfLimits, is_pdf, page_count, plan, render_pdf
+from .uploads import uploaded
 
 THUMBNAIL_PIXELS = 180 * 240
 
@@ -49,7 +51,10 @@ def chosen(data: bytes, spec: str, policy: ImagePolicy) -> list[bytes]:
 
 def preview(message, shown, policy: ImagePolicy, t):
     """The attached PDFs' pages as thumbnails (only when the attachments changed)."""
-    paths = [Path(upload_path(f)) for f in (message or {}).get("files") or []]
+    paths = []
+    for file in (message or {}).get("files") or []:
+        with contextlib.suppress(GlmflashError):  # sending it says why it is refused
+            paths.append(Path(upload_path(file)))
     pdfs = [p for p in paths if p.suffix.lower() == ".pdf"]
     key = [str(p) for p in pdfs]
     if key == shown:
@@ -77,5 +82,6 @@ def preview(message, shown, policy: ImagePolicy, t):
 
 
 def upload_path(file) -> str:
-    """A Gradio upload's path on the server (a dict with "path", or the path itself)."""
-    return str(file.get("path")) if isinstance(file, dict) else str(file)
+    """A Gradio upload's path on the server (a dict with "path", or the path itself), refused
+    unless the page received it (uploads.uploaded)."""
+    return str(uploaded(file))
