@@ -72,6 +72,7 @@ def blocked(settings) -> list[str]:
         Path(settings.server.api_keys),
         Path(settings.server.audit_log),
         *(Path(part.partition("=")[2] or part) for part in settings.model.adapter.split(",") if part),
+        *(Path(os.environ[v]) for v in ("JUPYTER_RUNTIME_DIR", "HF_HOME") if os.environ.get(v)),
         Path("/etc"),
         Path("/proc"),
         Path("/root"),
