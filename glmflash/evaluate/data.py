@@ -156,12 +156,12 @@ def _resolve(root: Path, name: str, where: str, anywhere: bool) -> Path:
         raise InvalidRequestError(f"{where}: the image's path holds a NUL byte.", param="data")
     outside = InvalidRequestError(
         f"{where}: the image {_shown(name)} is not inside the labels file's folder; name each image "
-        "by a path relative to that folder, within it (no absolute path, no .., no link out of it).",
+        "by a path relative to that folder, within it (no absolute path, .. or link that leads out of it).",
         param="data",
     )  # the same words whether or not such a file exists
-    candidate = root / name
-    if not anywhere and (Path(name).is_absolute() or not _within(Path(os.path.normpath(candidate)), root)):
-        raise outside  # told apart by the text alone: nothing outside is looked at
+    candidate = root / name  # an absolute path stays itself: allowed when it lies inside
+    if not anywhere and not _within(Path(os.path.normpath(candidate)), root):
+        raise outside  # told by the text alone: nothing outside is looked at
     try:
         resolved = candidate.resolve()
         if not anywhere and not _within(resolved, root):
@@ -184,8 +184,7 @@ def _image_digest(item: Item, named: str, cap: int) -> bytes:
     """sha256 of the image's bytes, read in chunks and refused past `cap` bytes."""
     where = f"row {item.row}"
     too_big = InvalidRequestError(
-        f"{where}: the image {_shown(named)} is over the {cap / 1e6:.1f} MB limit "
-        "(GLMFLASH_MAX_IMAGE_BYTES).",
+        f"{where}: the image {_shown(named)} is over the {cap:,}-byte limit (GLMFLASH_MAX_IMAGE_BYTES).",
         param="data",
     )
     digest = hashlib.sha256()
