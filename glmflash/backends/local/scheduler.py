@@ -218,7 +218,8 @@ class Scheduler(Line):
             row.fail(exc)
         if self.filling is not None and all(row.ended for row in self.filling.rows):
             self.filling = None
-        self._failed(exc)
+        if shared:  # a prefill's failure is its request's (a hostile input must not break the loop)
+            self._failed(exc)
 
     def _held(self) -> list[Row]:
         filling = self.filling.rows if self.filling is not None else []
