@@ -21,6 +21,7 @@ from ..evaluate.data import load_labelled
 from ..evaluate.report import write_report
 from ..evaluate.runner import run_eval
 from ..evaluate.score import label_choices, label_fields
+from ..inputs.images import ImagePolicy
 from ..jobs.runner import Summary
 from ..jobs.tasks import PRESETS, load_task, preset_titles
 from .background import Background, StopSwitches
@@ -75,7 +76,11 @@ def build_eval_tab(engine, settings, model_choice, engines: dict) -> None:
                 data_path = _gather([upload_path(f) for f in uploads or []], folder / "data")
                 task = load_task(name)
                 field = label_fields(task.schema)[0]
-                data = load_labelled(data_path, labels=label_choices(task.schema, field))
+                data = load_labelled(
+                    data_path,
+                    labels=label_choices(task.schema, field),
+                    max_image_bytes=settings.limits.max_image_bytes,
+                )
             except GlmflashError as exc:
                 gr.Warning(exc.message)
                 yield skip
@@ -103,7 +108,7 @@ def build_eval_tab(engine, settings, model_choice, engines: dict) -> None:
                     gr.update(interactive=True),
                 )
                 return
-            yield _results(run_, data, t)
+            yield _results(run_, data, t, ImagePolicy.from_limits(settings.limits))
         finally:  # also when the browser goes away mid-run: stop it before its folder goes
             if run_ is not None:
                 run_.stop.set()
@@ -140,9 +145,9 @@ class _Run(Background):
         return t["eval_running"].format(handled=s.done + s.failed + s.skipped + s.duplicates, total=s.total)
 
 
-def _results(run_: _Run, data, t):
+def _results(run_: _Run, data, t, policy: ImagePolicy):
     result = load_run(run_.out)
-    html = write_report([result], run_.out / "report.html")
+    html = write_report([result], run_.out / "report.html", policy)  # thumbnails under the engine's limits
     scores = result["scores"]
     head = row(result)
     state = t["batch_interrupted"] if run_.stop.is_set() else t["batch_finished"]
