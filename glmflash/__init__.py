@@ -5,7 +5,7 @@ The public API: `load()` returns an engine (`Engine` here, `RemoteEngine` for a 
 Importing glmflash does not import torch; loading a model does.
 """
 
-from .backends.local.load import load
+from .backends.registry import load
 from .config import Settings
 from .contract import EngineBase
 from .errors import (

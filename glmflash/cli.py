@@ -209,7 +209,7 @@ def _check(args, settings) -> int:
 
 
 def _load(args, settings, backend_url: str | None = None, api_key: str | None = None):
-    from .backends.local.load import load
+    from .backends.registry import load
 
     if backend_url:
         return load(backend_url, api_key=api_key, settings=settings)

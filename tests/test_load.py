@@ -197,3 +197,29 @@ def test_a_generation_config_with_one_eos_id_still_ends_the_turn(cache_dir, tmp_
             [{"role": "user", "content": "Hello"}], max_new_tokens=50, temperature=0
         )
         assert (reply.finish_reason, reply.usage.completion_tokens, reply.text) == ("stop", 1, "")
+
+
+def test_load_asks_the_backend_registry(monkeypatch):
+    """A backend is a module that registers itself: load() hands it the model arguments it
+    claims and its settings, and keeps URLs for the remote backend and the rest for the local."""
+    from glmflash.backends import registry
+
+    assert registry.backend_for("http://127.0.0.1:1/v1").name == "remote"
+    assert registry.backend_for("tiny").name == "local"
+    assert registry.backend_for("/models/glm46v-flash").name == "local"
+    opened = []
+
+    def open_fake(target, precision, device, base, options):
+        opened.append((target, precision, device, registry.engine_settings(base, options)))
+        return "fake engine"
+
+    monkeypatch.setitem(
+        registry.BACKENDS, "fake", registry.Backend("fake", lambda t: t.startswith("fake:"), open_fake)
+    )
+    settings = Settings.build(cache_dir="/nowhere")
+    assert glmflash.load("fake:x", "fp32", settings=settings, max_images=3) == "fake engine"
+    target, precision, _device, engine_settings = opened[0]
+    assert (target, precision, engine_settings.limits.max_images) == ("fake:x", "fp32", 3)
+    assert not hasattr(engine_settings, "server")  # never the server's part
+    env_settings = Settings.build(backend_url="fake:from-env")
+    assert glmflash.load(settings=env_settings) == "fake engine" and opened[1][0] == "fake:from-env"

@@ -33,6 +33,7 @@ from ..pipeline import Clock, Request, closing, prepare
 from ..replies import Chunk, EngineInfo, Usage
 from ..text.stage import FAMILY_CONTROL_TOKENS, TextStage
 from ..text.structured import OutputError, TruncatedOutputError
+from .registry import engine_settings, is_url, register
 
 RETRY_STATUS = (429, 502, 503)
 log = logging.getLogger("glmflash")
@@ -319,3 +320,12 @@ def _error_from(detail: dict, status: int) -> GlmflashError:
     if status in RETRY_STATUS:
         error.code = "server_busy"
     return error
+
+
+def open_remote(url: str, precision, device, base: EngineSettings, options: dict) -> RemoteEngine:
+    """The remote backend's opener (backends.registry.load picks it for an http(s) URL)."""
+    api_key = options.pop("api_key", None) or base.model.backend_api_key or None
+    return RemoteEngine(url, api_key=api_key, settings=engine_settings(base, options))
+
+
+register("remote", claims=is_url, open=open_remote)

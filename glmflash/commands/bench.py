@@ -436,7 +436,7 @@ def main(args, settings=None) -> int:
                       f"{entry['engine_decode_fraction_of_limit']:.0%} (engine) of the bandwidth limit "
                       f"({entry['decode_limit_tokens_per_s']:.1f} tok/s)")  # fmt: skip
     else:
-        from ..backends.local.load import load
+        from ..backends.registry import load
 
         engine = load(args.model, args.precision, args.device, settings=settings)
         result = run(

@@ -10,17 +10,21 @@ import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ...config import DEFAULT_MODEL, EngineSettings, Settings
+from ...config import DEFAULT_MODEL, EngineSettings
 from ...errors import (
     CheckpointError,
     InsufficientMemoryError,
-    InvalidRequestError,
     MissingDependencyError,
     ModelNotFoundError,
     PrecisionError,
 )
 from ...testing import ensure_tiny_model, is_tiny_model
+from ..registry import engine_settings
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = logging.getLogger("glmflash")
 
@@ -355,31 +359,16 @@ def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "b
     return model.eval(), processor
 
 
-def load(model: str | None = None, precision: str | None = None, device: str | None = None, **options):
-    """Load GLM-4.6V-Flash (or the tiny demo model) and return a ready `Engine`.
-
-    `model`: "auto" (default), a hub id, a local folder, "tiny", or the http(s) URL of an
-    OpenAI-compatible backend (`api_key=`; also GLMFLASH_BACKEND_URL), which returns a
-    RemoteEngine with the same contract. `precision`: auto, bf16, fp16,
-    fp32, int8, int4. `device`: auto, cpu, cuda, cuda:N. Unset arguments come from GLMFLASH_*
-    variables; `options` are further settings by their flat names (max_image_pixels,
-    max_new_tokens, ...; see config.py), or `settings=` a whole Settings.
-    """
+def open_local(
+    model: str, precision: str | None, device: str | None, base: EngineSettings, options: dict
+) -> Engine:
+    """The local backend's opener (backends.registry.load picks it): load the checkpoint
+    `model` names ("auto", "tiny", a folder, a hub id) on this machine and return an `Engine`."""
     from ...replies import EngineInfo
     from .engine import Engine
 
-    base = options.pop("settings", None) or Settings.from_env()
-    api_key = options.pop("api_key", None)
-    url = model if model and model.startswith(("http://", "https://")) else None
-    if url or (model is None and base.model.backend_url):
-        from ..remote import RemoteEngine
-
-        return RemoteEngine(
-            url or base.model.backend_url,
-            api_key=api_key or base.model.backend_api_key or None,
-            settings=_with(base, options),
-        )
-    settings = _with(base, {"model": model, "precision": precision, "device": device, **options})
+    options.pop("api_key", None)  # a remote backend's: nothing to send it to here
+    settings = engine_settings(base, {"model": model, "precision": precision, "device": device, **options})
     placement = choose_placement(settings.model.precision, settings.model.device)
     if settings.model.quantizer not in QUANTIZERS:
         raise PrecisionError(
@@ -414,12 +403,3 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
         adapter=adapters[0] if adapters else "",
     )
     return Engine(model_obj, processor, info, settings)
-
-
-def _with(base: EngineSettings, options: dict) -> EngineSettings:
-    """The engine's part of `base` with `options` (flat setting names) applied: an engine never
-    holds the server's settings or secrets."""
-    try:
-        return base.for_engine().replace(**options)
-    except InvalidRequestError as error:
-        raise TypeError(f"load() got an unknown option {error.param!r}") from None
