@@ -24,7 +24,7 @@ usage: ./start.sh [options]
   -h, --help         this text
 
 JupyterLab gets a new random token on every start unless GLMFLASH_JUPYTER_TOKEN is set.
-Every other GLMFLASH_* setting (see README) reaches the app as it is.
+Every other GLMFLASH_* setting (docs/configuration.md) reaches the app as it is.
 EOF
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite (and the linters and type checker) in .venv, setting it up first if needed.
+# Run the whole test suite (and the linters, type checker and docs build) in .venv, setting it up first if needed.
 #   ./test.sh            everything
 #   ./test.sh -k engine  extra arguments go to pytest
 set -euo pipefail
@@ -23,4 +23,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --no-error-summary
+# The docs site, strict: a broken link or anchor, or an API reference to a name that is gone, fails
+# (never with --quiet: it hides the warnings, and strict mode then counts none).
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 exec .venv/bin/python -m pytest "$@"
