@@ -20,7 +20,6 @@ from PIL import Image
 from transformers.generation.streamers import BaseStreamer
 
 import glmflash
-from glmflash.options import GenerationOptions
 
 
 class _Clock(BaseStreamer):
@@ -52,14 +51,14 @@ def raw_generate(engine, image, question, tokens):
 
 
 def _greedy(engine, tokens):
-    """The same GenerationConfig the engine builds: the comparison is of the wrapper, not settings."""
-    options = GenerationOptions.build(
-        default_max_new_tokens=tokens,
-        max_new_tokens_limit=tokens,
-        temperature=0,
-        min_new_tokens=tokens,
-    )
-    return options.generation_config(engine.model.generation_config)
+    """Greedy, exactly `tokens` long, stopping where the engine stops: the comparison is of the
+    wrapper, not settings."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=sorted(engine.stop_ids),
+        pad_token_id=engine.tokenizer.pad_token_id,
+    )  # fmt: skip
 
 
 def engine_chat(engine, image, question, tokens):

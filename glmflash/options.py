@@ -1,14 +1,16 @@
 """Generation options, each declared once (OPTIONS): its type and bounds, its names in the OpenAI
-API, whether requests that differ in it can share a batch, and its help text. Validation
-(GenerationOptions.build), the API's request mapping and error names, a backend's request body,
-the batch grouping key, CLI flags and the page's "Show API call" are all derived from it.
+API, whether the checkpoint's generation_config.json gives it when a request leaves it unset, and
+its help text. Validation (GenerationOptions.build), the checkpoint's defaults (resolved), the
+API's request mapping and error names, a backend's request body, CLI flags and the page's "Show
+API call" are all derived from it; the local decode loop applies the resolved options as they are
+(backends/local/rows.RowSampler).
 
 Nothing a caller sends reaches `generate` without passing through `GenerationOptions.build`.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, fields
 
 from .errors import InvalidRequestError
@@ -20,9 +22,9 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 100  # OpenAI allows up to 4 stop sequences
 @dataclass(frozen=True)
 class Option:
     """One generation option. `api`: the request fields that set it, the first one canonical (a
-    dotted name is a key inside an object, e.g. chat_template_kwargs.enable_thinking). `batch`:
-    requests that differ in it cannot share one batched generation (a batch-wide sampling
-    setting); per-row options (lengths, stops, seeds, budgets) can."""
+    dotted name is a key inside an object, e.g. chat_template_kwargs.enable_thinking).
+    `checkpoint`: left unset, it takes the checkpoint's own value (generation_config.json, read
+    under the same name)."""
 
     name: str
     kind: str  # int | float | bool | stops
@@ -30,7 +32,7 @@ class Option:
     high: float | None = None  # None on max/min tokens: the engine's own limit
     low_open: bool = False
     api: tuple[str, ...] = ()
-    batch: bool = False
+    checkpoint: bool = False
     help: str = ""
     send: str = ""  # the field a request body sets it with, when not the first API name
 
@@ -51,13 +53,13 @@ OPTIONS = {
                help="the most tokens to generate, thinking included"),
         Option("min_new_tokens", "int", 0, None, api=("min_tokens",),
                help="generate at least this many tokens before the turn may end"),
-        Option("temperature", "float", 0.0, 2.0, api=("temperature",), batch=True,
+        Option("temperature", "float", 0.0, 2.0, api=("temperature",), checkpoint=True,
                help="sampling temperature; 0 is greedy"),
-        Option("top_p", "float", 0.0, 1.0, low_open=True, api=("top_p",), batch=True,
+        Option("top_p", "float", 0.0, 1.0, low_open=True, api=("top_p",), checkpoint=True,
                help="nucleus sampling: keep the most likely tokens up to this probability"),
-        Option("top_k", "int", 0, 1_000_000, api=("top_k",), batch=True,
+        Option("top_k", "int", 0, 1_000_000, api=("top_k",), checkpoint=True,
                help="sample from the k most likely tokens only (0: all)"),
-        Option("repetition_penalty", "float", 0.1, 10.0, api=("repetition_penalty",), batch=True,
+        Option("repetition_penalty", "float", 0.1, 10.0, api=("repetition_penalty",), checkpoint=True,
                help="above 1 discourages repeating tokens"),
         Option("seed", "int", 0, 2**63 - 1, api=("seed",), help="makes sampled answers repeatable"),
         Option("thinking", "bool", api=("thinking", "chat_template_kwargs.enable_thinking"),
@@ -106,27 +108,18 @@ class GenerationOptions:
         """True/False when the caller decided greedy or sampled decoding; None: the checkpoint's."""
         return None if self.temperature is None else self.temperature >= GREEDY_BELOW
 
-    def batch_key(self, base) -> tuple:
-        """Requests with equal keys may share a batch: every batch-wide setting as it will be
-        applied (`base`: the checkpoint's GenerationConfig, for the options left unset)."""
-        return batch_key(self.generation_config(base))
-
-    def generation_config(self, base):
-        """A copy of the checkpoint's GenerationConfig with these options applied."""
-        config = copy.deepcopy(base)
-        sample = bool(config.do_sample) if self.sample is None else self.sample
-        config.do_sample = sample
-        config.max_new_tokens = self.max_new_tokens
-        config.min_new_tokens = self.min_new_tokens
-        if self.repetition_penalty is not None:
-            config.repetition_penalty = self.repetition_penalty
-        if sample:
-            for name in ("temperature", "top_p", "top_k"):
-                if getattr(self, name) is not None:
-                    setattr(config, name, getattr(self, name))
-        else:  # greedy: neutral sampling knobs, which generate() neither uses nor warns about
-            config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
-        return config
+    def resolved(self, defaults: dict) -> GenerationOptions:
+        """These options as a row applies them: those left unset that the checkpoint gives
+        (`defaults`: checkpoint_defaults) filled in; a checkpoint that decodes greedily
+        (do_sample false) makes an unset temperature 0, one that samples its own or 1."""
+        values = {}
+        for name, option in OPTIONS.items():
+            if option.checkpoint and getattr(self, name) is None and defaults.get(name) is not None:
+                values[name] = defaults[name]
+        if self.temperature is None and "do_sample" in defaults:  # the checkpoint says greedy or not
+            sampled = defaults["do_sample"]
+            values["temperature"] = float(defaults.get("temperature") or 1.0) if sampled else 0.0
+        return dataclasses.replace(self, **values) if values else self
 
     def given(self) -> dict:
         """The options that differ from their defaults, with the budget and thinking always."""
@@ -138,10 +131,11 @@ class GenerationOptions:
         }
 
 
-def batch_key(config) -> tuple:
-    """The batch-wide settings of a GenerationConfig as applied: rows that share a batch must
-    agree on all of them (the batch runs with one config)."""
-    return (config.do_sample, *(getattr(config, name) for name, o in OPTIONS.items() if o.batch))
+def checkpoint_defaults(config) -> dict:
+    """The checkpoint's values (a transformers GenerationConfig, read once at load) for the
+    options it may give, and whether it samples at all."""
+    values = {name: getattr(config, name, None) for name, o in OPTIONS.items() if o.checkpoint}
+    return {**values, "do_sample": bool(getattr(config, "do_sample", False))}
 
 
 def to_openai(options: dict) -> dict:

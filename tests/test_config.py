@@ -61,14 +61,18 @@ def test_generation_options_are_checked(field, value):
 def test_temperature_zero_means_greedy():
     from transformers import GenerationConfig
 
-    base = GenerationConfig(do_sample=True, temperature=0.8, top_p=0.6, top_k=2)
+    from glmflash.options import checkpoint_defaults
+
+    base = checkpoint_defaults(GenerationConfig(do_sample=True, temperature=0.8, top_p=0.6, top_k=2))
     greedy = GenerationOptions.build(default_max_new_tokens=5, max_new_tokens_limit=9, temperature=0)
-    assert greedy.generation_config(base).do_sample is False
+    assert greedy.resolved(base).sample is False
     sampled = GenerationOptions.build(default_max_new_tokens=5, max_new_tokens_limit=9, top_p=0.9)
-    config = sampled.generation_config(base)
-    assert (
-        config.do_sample and config.top_p == 0.9 and config.temperature == 0.8 and config.max_new_tokens == 5
-    )
+    options = sampled.resolved(base)
+    assert options.sample and (options.top_p, options.temperature, options.top_k, options.max_new_tokens) == (
+        0.9, 0.8, 2, 5,
+    )  # fmt: skip
+    plain = checkpoint_defaults(GenerationConfig(do_sample=False, temperature=0.8))
+    assert sampled.resolved(plain).sample is False  # the checkpoint decodes greedily
 
 
 def test_an_engine_never_holds_the_servers_secrets(cache_dir):

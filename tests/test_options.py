@@ -61,18 +61,17 @@ def test_each_option_is_declared_once_and_the_rest_derives_from_it():
     assert both == {"thinking": False}
 
 
-def test_requests_differing_only_in_per_row_options_share_a_batch(engine):
-    base = engine.model.generation_config
+def test_a_row_applies_its_options_as_declared(engine):
+    """The decode loop's sampler reads the resolved options themselves (no GenerationConfig)."""
+    from glmflash.backends.local.rows import Row, RowSampler
 
-    def key(**given):
-        return GenerationOptions.build(default_max_new_tokens=8, max_new_tokens_limit=99, **given).batch_key(
-            base
-        )
-
-    same = key(temperature=0.5, stop="A", max_new_tokens=5, thinking_budget=3, seed=1)
-    assert same == key(temperature=0.5, stop=["B", "C"], max_new_tokens=50, min_new_tokens=2)
-    for batch_wide in ({"temperature": 0.6}, {"top_p": 0.5}, {"top_k": 3}, {"repetition_penalty": 1.3}):
-        assert key(**{"temperature": 0.5, **batch_wide}) != same, batch_wide
+    given = {"temperature": 0.5, "top_p": 0.7, "top_k": 3, "repetition_penalty": 1.3, "min_new_tokens": 2}
+    options = GenerationOptions.build(default_max_new_tokens=8, max_new_tokens_limit=99, seed=1, **given)
+    sampler = RowSampler(Row(None, options.resolved(engine.defaults), ()), engine.stop_ids, None, None)
+    assert (sampler.temperature, sampler.top_p, sampler.top_k, sampler.penalty, sampler.min_new) == (
+        0.5, 0.7, 3, 1.3, 2,
+    )  # fmt: skip
+    assert sampler.sample and sampler.generator is not None
 
 
 def test_stop_ends_the_answer_before_the_stop_string_and_stops_the_model(engine):

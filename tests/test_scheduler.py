@@ -26,9 +26,7 @@ def row_request(engine, messages, tokens: int, stop: threading.Event | None = No
     options = GenerationOptions.build(
         default_max_new_tokens=tokens, max_new_tokens_limit=10_000, temperature=0, **given
     )
-    config = options.generation_config(engine.model.generation_config)
-    config.eos_token_id = sorted(engine.stop_ids)
-    return RowRequest(inputs, config, (), (stop or threading.Event(),))
+    return RowRequest(inputs, options.resolved(engine.defaults), (stop or threading.Event(),))
 
 
 def loop_tokens(engine, messages, tokens: int, **given) -> list[int]:

@@ -214,6 +214,32 @@ class Batcher(Line):
             self.generating = False
 
 
+def row_config(options, base, stop_ids, device: str | None):
+    """The GenerationConfig `generate` runs a row's resolved options with (a copy of the
+    checkpoint's, `base`), compiled on `device` when given, and the key of the rows it may share
+    a batch with (every batch-wide setting alike)."""
+    import copy
+
+    from .decoding import compiled_config
+
+    config = copy.deepcopy(base)
+    config.do_sample = bool(options.sample)
+    config.max_new_tokens, config.min_new_tokens = options.max_new_tokens, options.min_new_tokens
+    config.repetition_penalty = options.repetition_penalty or 1.0
+    if config.do_sample:
+        config.temperature, config.top_p = options.temperature or 1.0, options.top_p or 1.0
+        config.top_k = options.top_k or 0
+    else:  # greedy: neutral sampling knobs, which generate() neither uses nor warns about
+        config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
+    config.eos_token_id = sorted(stop_ids)
+    if device is not None:
+        config = compiled_config(config, device)
+    else:  # a checkpoint's own compile_config must not turn compiled batches on
+        config.compile_config = None
+    key = (config.do_sample, config.temperature, config.top_p, config.top_k, config.repetition_penalty)
+    return config, key
+
+
 def _batch_config(rows: list[Row]):
     import copy
 

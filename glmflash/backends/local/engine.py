@@ -22,13 +22,13 @@ from ...config import EngineSettings
 from ...contract import EngineBase
 from ...errors import GenerationError, GlmflashError, InsufficientMemoryError, InvalidRequestError
 from ...inputs.images import ImagePolicy
-from ...options import batch_key
+from ...options import checkpoint_defaults
 from ...pipeline import Clock, Request, closing, prepare
 from ...replies import Chunk, EngineInfo, Memory, Timings, Usage
 from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from ...text.thinking import THINK_CLOSE, THINK_OPEN
-from .batcher import Batcher
-from .decoding import compiled_config, warm_up
+from .batcher import Batcher, row_config
+from .decoding import warm_up
 from .load import stop_token_ids
 from .rows import RowRequest
 from .scheduler import Scheduler, slot_tokens
@@ -52,6 +52,7 @@ class Engine(EngineBase):
         self._slot_tokens: int | None = None  # what one request may hold in the KV cache
         self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         self.stop_ids = stop_token_ids(model, self.tokenizer)
+        self.defaults = checkpoint_defaults(model.generation_config)  # for options left unset
         self.image_token_id = model.config.image_token_id
         specials = set(self.tokenizer.all_special_tokens) | set(FAMILY_CONTROL_TOKENS)
         specials.update(t.content for t in self.tokenizer.added_tokens_decoder.values())
@@ -286,13 +287,11 @@ class Engine(EngineBase):
             ticket.release()
 
     def _chunks(self, ticket, request: Request, prompt, template, stop, adapter) -> Iterator[Chunk]:
-        options = request.options
-        config = options.generation_config(self.model.generation_config)
-        config.eos_token_id = sorted(self.stop_ids)  # the checkpoint's list may lack the turn ends
-        if self.compiled:
-            config = compiled_config(config, self.info.device)
-        else:  # a checkpoint's own compile_config must not turn compiled batches on
-            config.compile_config = None
+        options = request.options.resolved(self.defaults)
+        config, group = None, ()
+        if not self.per_token:
+            device = self.info.device if self.compiled else None
+            config, group = row_config(options, self.model.generation_config, self.stop_ids, device)
         opened = prompt.rstrip().endswith(THINK_OPEN)
         stage = TextStage(start_in_reasoning=opened, control_tokens=self.control_tokens, stops=options.stop)
         halt = threading.Event()  # set when the answer reached a stop string: the row ends there
@@ -316,10 +315,8 @@ class Engine(EngineBase):
             # makes its own here, while the batcher generates or waits for the others.
             alone = not batcher.busy and self._active <= 1
             row = RowRequest(
-                inputs if alone else inputs(), config, batch_key(config),
-                (stop, halt), options.seed, template,
-                thinking_budget=options.thinking_budget if options.thinking else None, thinking_open=opened,
-                adapter=adapter,
+                inputs if alone else inputs(), options, (stop, halt), template,
+                thinking_open=opened, adapter=adapter, config=config, group=group,
             )  # fmt: skip
             for token, at in batcher.tokens(row, on_queued=ticket.release):
                 if stage.stopped:  # tokens made before the row ended: not part of the answer

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import EngineFailedError
+from ...options import GenerationOptions
 
 END = object()
 COALESCE_S = 0.02  # after a token, a reader looks again at most this often
@@ -31,19 +32,28 @@ log = logging.getLogger("glmflash")
 
 @dataclass(eq=False)
 class RowRequest:
-    """What one request asks. `group`: rows with equal groups may share a static batch (every
-    batch-wide setting alike: options.GenerationOptions.batch_key); the per-token scheduler
-    needs no grouping, every setting is per row there."""
+    """What one request asks. `options`: its generation options, resolved against the
+    checkpoint's defaults (options.GenerationOptions.resolved); its sampler applies them as they
+    are. `config` and `group`: only the static batcher's (a GenerationConfig for `generate`, and
+    the key of the rows that may share a batch with it)."""
 
     inputs: Any  # its model inputs (batch dimension 1), or a function that makes them
-    config: Any  # its GenerationConfig
-    group: tuple
+    options: GenerationOptions
     stops: tuple[threading.Event, ...]  # any of them set: the row ends (a cancel, a stop string)
-    seed: int | None = None
     template: object = None  # its compiled JSON grammar, or None
-    thinking_budget: int | None = None  # thinking tokens before </think> is forced
     thinking_open: bool = False  # the prompt itself opened <think>
     adapter: str | None = None  # the LoRA adapter it takes (None: the base model)
+    config: Any = None
+    group: tuple = ()
+
+    @property
+    def seed(self) -> int | None:
+        return self.options.seed
+
+    @property
+    def thinking_budget(self) -> int | None:
+        """Thinking tokens before </think> is forced (none when thinking is off)."""
+        return self.options.thinking_budget if self.options.thinking else None
 
 
 @dataclass(eq=False)
@@ -59,7 +69,7 @@ class Row(RowRequest):
     @property
     def key(self):
         """Rows batch together only when their groups are equal; a seeded sampled row runs alone."""
-        if self.config.do_sample and self.seed is not None:
+        if self.options.sample and self.seed is not None:
             return id(self)
         return self.group
 
@@ -80,7 +90,7 @@ class Row(RowRequest):
             return
         self.count += 1
         self.tokens.put((token, at))
-        if token in stop_ids or self.count >= self.config.max_new_tokens:
+        if token in stop_ids or self.count >= self.options.max_new_tokens:
             self.end()
 
     def made(self) -> bool:
@@ -247,14 +257,13 @@ class RowSampler:
     """
 
     def __init__(self, row: Row, stop_ids, think_ids, constraints):
-        config = row.config
-        self.min_new = config.min_new_tokens or 0
-        self.sample = bool(config.do_sample)
-        penalty = config.repetition_penalty
-        self.penalty = float(penalty) if penalty not in (None, 1.0) else 1.0
-        self.temperature = float(config.temperature or 1.0) if self.sample else 1.0
-        self.top_k = int(config.top_k or 0) if self.sample else 0
-        self.top_p = float(config.top_p) if self.sample and config.top_p is not None else 1.0
+        options = row.options  # resolved: what is None here is neutral
+        self.min_new = options.min_new_tokens or 0
+        self.sample = bool(options.sample)
+        self.penalty = float(options.repetition_penalty or 1.0)
+        self.temperature = float(options.temperature or 1.0) if self.sample else 1.0
+        self.top_k = int(options.top_k or 0) if self.sample else 0
+        self.top_p = float(options.top_p or 1.0) if self.sample else 1.0
         self.grammar: Any = None
         if row.template is not None:
             from .grammar import JsonLogitsProcessor
