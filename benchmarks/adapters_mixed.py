@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 import glmflash
-from glmflash.testing import random_adapter
+from glmflash.backends.local.tiny import random_adapter
 
 
 def question() -> list[dict]:

@@ -22,7 +22,7 @@ import glmflash
 from glmflash.evaluate.compare import load_run
 from glmflash.evaluate.data import load_labelled
 from glmflash.evaluate.report import write_report
-from glmflash.evaluate.runner import run_eval
+from glmflash.evaluate.run import run_eval
 from glmflash.jobs.runner import run_job
 from glmflash.jobs.tasks import load_task
 

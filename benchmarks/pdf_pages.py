@@ -16,8 +16,9 @@ import time
 from PIL import Image, ImageDraw
 
 from glmflash.config import RequestLimits
-from glmflash.inputs.images import ImagePolicy, load_images, visual_tokens
+from glmflash.inputs.images import ImagePolicy, load_images
 from glmflash.inputs.pdf import plan
+from glmflash.inputs.pixels import visual_tokens
 
 SIZES = ((612, 792), (595, 842), (792, 612))  # Letter, A4, Letter landscape, in points
 

@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     import glmflash
-    from glmflash.testing import ensure_tiny_model
+    from glmflash.backends.local.tiny import ensure_tiny_model
 
     engine = glmflash.load("tiny")
     folder = str(ensure_tiny_model(Path(engine.settings.model.cache_dir)))

@@ -5,6 +5,7 @@ The public API: `load()` returns an engine (`Engine` here, `RemoteEngine` for a 
 Importing glmflash does not import torch; loading a model does.
 """
 
+from ._version import __version__ as __version__
 from .backends.registry import load
 from .config import Settings
 from .contract import EngineBase
@@ -21,8 +22,6 @@ from .errors import (
 )
 from .inputs.images import ImagePolicy
 from .replies import Chunk, EngineInfo, Memory, Reply, Timings, Usage
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Chunk",

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args, settings)
         if args.command == "tiny-model":
-            from .testing import build_tiny_model
+            from .backends.local.tiny import build_tiny_model
 
             print(build_tiny_model(args.path, seed=args.seed, template=args.template))
             return 0

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import RequestLimits
-from .grounding.parse import find_boxes
+from .text.boxes import find_boxes
 from .inputs.images import ImagePolicy, load_images, original_size
 from .inputs.messages import to_conversation
 from .options import GenerationOptions

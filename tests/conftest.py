@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import glmflash
-from glmflash.testing import MARKER_FILE, ensure_tiny_model
+from glmflash.backends.local.tiny import MARKER_FILE, ensure_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

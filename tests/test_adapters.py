@@ -15,7 +15,7 @@ import pytest
 import glmflash
 from glmflash.config import Settings
 from glmflash.errors import InvalidRequestError
-from glmflash.testing import random_adapter
+from glmflash.backends.local.tiny import random_adapter
 from tests.conftest import png_bytes
 from tests.server_helpers import running_server
 
@@ -303,7 +303,7 @@ def _b64(question) -> str:
 def test_the_same_base_loaded_from_its_folder_takes_the_adapter_another_does_not(
     adapters, alone, cache_dir, tmp_path, caplog
 ):
-    from glmflash.testing import ensure_tiny_model
+    from glmflash.backends.local.tiny import ensure_tiny_model
 
     folder = ensure_tiny_model(cache_dir)  # the tiny model by path: an id other than "glmflash/tiny"
     by_path = glmflash.load(str(folder), "fp32", "cpu", adapter=str(adapters["beta"]))
@@ -319,7 +319,7 @@ def test_the_same_base_loaded_from_its_folder_takes_the_adapter_another_does_not
 
 
 def test_adapter_lists_take_every_form_the_settings_and_flags_give(tmp_path):
-    from glmflash.adapt.serve import parse_adapters
+    from glmflash.backends.local.adapters import parse_adapters
     from glmflash.cli import build_parser
 
     a, b = tmp_path / "alpha", tmp_path / "b"

@@ -17,7 +17,7 @@ from glmflash.errors import InvalidRequestError
 from glmflash.evaluate.compare import compare_runs, format_table, load_run
 from glmflash.evaluate.data import load_labelled
 from glmflash.evaluate.report import write_report
-from glmflash.evaluate.runner import cost_of, run_eval, score_run
+from glmflash.evaluate.run import cost_of, run_eval, score_run
 from glmflash.evaluate.score import NO_ANSWER, label_fields, same, score_classification, score_extraction
 from glmflash.jobs.tasks import load_task
 from tests.conftest import ROOT, png_bytes, run_cli

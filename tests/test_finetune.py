@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import glmflash
-from glmflash.adapt.data import export_training, read_split
-from glmflash.adapt.serve import merge
+from glmflash.adapt.examples import export_training, read_split
+from glmflash.adapt.merge import merge
 from glmflash.adapt.train import TARGET, TrainSettings, finetune
 from glmflash.errors import InvalidRequestError
 from glmflash.jobs.runner import expand_inputs, run_job

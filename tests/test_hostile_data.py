@@ -25,7 +25,7 @@ from glmflash.errors import ImageError, InvalidRequestError
 from glmflash.evaluate.compare import compare_runs, format_table, load_run
 from glmflash.evaluate.data import load_labelled
 from glmflash.evaluate.report import thumbnail, write_report
-from glmflash.evaluate.runner import run_eval
+from glmflash.evaluate.run import run_eval
 from glmflash.inputs.images import ImagePolicy
 from glmflash.jobs.export import export_csv
 from glmflash.jobs.inputs import expand_inputs

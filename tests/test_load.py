@@ -125,7 +125,7 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     import shutil
 
     from glmflash.backends.local.load import _cached_snapshot
-    from glmflash.testing import ensure_tiny_model
+    from glmflash.backends.local.tiny import ensure_tiny_model
 
     snapshot = tmp_path / "hub" / "models--org--fake" / "snapshots" / "abc123"
     shutil.copytree(ensure_tiny_model(cache_dir), snapshot)
@@ -157,7 +157,7 @@ def test_the_full_size_architecture_is_the_published_checkpoint():
 def copy_of_tiny(cache_dir, tmp_path, name: str):
     import shutil
 
-    from glmflash.testing import ensure_tiny_model
+    from glmflash.backends.local.tiny import ensure_tiny_model
 
     target = tmp_path / name
     shutil.copytree(ensure_tiny_model(cache_dir), target)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from glmflash.adapt.data import _split, export_training, read_split
+from glmflash.adapt.examples import _split, export_training, read_split
 from glmflash.jobs.tasks import Task
 from tests.conftest import png_bytes
 

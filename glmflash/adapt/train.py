@@ -1,4 +1,4 @@
-"""Fine-tuning a LoRA adapter (peft) on training rows from adapt.data, with transformers' Trainer.
+"""Fine-tuning a LoRA adapter (peft) on training rows from adapt.examples, with transformers' Trainer.
 
 The adapter covers the language model's projections only: attention q/k/v/o and the MLP's fused
 gate_up and down (TARGET). The vision tower stays frozen and untouched, which is also what vLLM
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidRequestError, MissingDependencyError
-from .data import read_split
-from .serve import base_shape
+from ..backends.local import local_engine
+from ..backends.local.adapters import TARGET, base_shape, require_peft
+from ..errors import InvalidRequestError
+from .examples import read_split
 
-TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_up_proj|down_proj)"
+__all__ = ["TARGET", "TrainSettings", "finetune", "require_peft", "wants_qlora"]
 QLORA_BELOW_BYTES = 40 * 2**30  # cards with less memory train on 4-bit base weights (QLoRA)
 
 
@@ -46,14 +47,6 @@ class TrainSettings:
     max_image_pixels: int = 802_816  # images are downscaled to this for training
     gradient_checkpointing: bool = True
     max_steps: int = -1  # stop after this many optimiser steps (tests, quick tries); -1: epochs
-
-
-def require_peft():
-    try:
-        import peft
-    except ImportError:
-        raise MissingDependencyError("Fine-tuning needs peft: pip install peft") from None
-    return peft
 
 
 def wants_qlora(device: str) -> bool:
@@ -112,7 +105,9 @@ def estimate_bytes(model, trainable: int, tokens: int) -> int:
 def finetune(
     engine, data: str | Path, out: str | Path, settings: TrainSettings, *, progress: bool = True
 ) -> dict:
-    """Train a LoRA adapter on DATA/train.jsonl (validated on DATA/val.jsonl) into OUT."""
+    """Train a LoRA adapter on DATA/train.jsonl (validated on DATA/val.jsonl) into OUT. `engine`:
+    a local one (the weights are trained in this process)."""
+    engine = local_engine(engine, "finetune")
     peft = require_peft()
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 

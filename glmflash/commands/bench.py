@@ -250,7 +250,7 @@ def random_checkpoint(folder: Path, config, device: str, *, reuse: bool = False)
     from transformers import AutoModelForImageTextToText
 
     from ..backends.local.load import check_token_ids
-    from ..testing import generation_config, token_ids, write_processor
+    from ..backends.local.tiny import generation_config, token_ids, write_processor
 
     target = folder / "glm46v-random"
     stamp, key = target / "glmflash-random.txt", hashlib.sha256(config.to_json_string().encode()).hexdigest()

@@ -100,7 +100,7 @@ def run(args, load_engine) -> int:
     if args.concurrency is not None and args.concurrency < 1:
         raise InvalidRequestError("--concurrency must be 1 or more.")
     from ..evaluate.data import load_labelled
-    from ..evaluate.runner import run_eval
+    from ..evaluate.run import run_eval
     from ..evaluate.score import label_choices, label_fields
     from .batch import Progress
 

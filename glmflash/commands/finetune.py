@@ -49,7 +49,7 @@ def add_parsers(commands, model_flags) -> None:
 
 def run(args, load_engine) -> int:
     if args.command == "training-data":
-        from ..adapt.data import export_training
+        from ..adapt.examples import export_training
 
         manifest = export_training(
             args.results, load_task(args.task), args.out, corrections=args.corrections, val_fraction=args.val
@@ -59,7 +59,7 @@ def run(args, load_engine) -> int:
               f"({manifest['corrected']} corrected; left out: {left}) in {args.out}")  # fmt: skip
         return 0
     if args.command == "merge-adapter":
-        from ..adapt.serve import merge
+        from ..adapt.merge import merge
 
         print(f"merged checkpoint: {merge(load_engine(), args.adapter_folder, args.out)}")
         return 0

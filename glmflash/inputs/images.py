@@ -22,7 +22,6 @@ from .fetch import fetch_url
 from .pdf import is_pdf, render_pdf
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-PIXELS_PER_TOKEN = 28 * 28  # one LLM token per 28x28 pixels after the 2x2 merge
 MAX_ASPECT_RATIO = 200  # the GLM processor refuses anything longer
 
 
@@ -64,11 +63,6 @@ class ImagePolicy:
         from .pdf import PdfLimits
 
         return PdfLimits(self.max_pdf_pages, self.pdf_dpi, self.pdf_timeout, self.max_image_pixels)
-
-
-def visual_tokens(width: int, height: int) -> int:
-    """Approximate visual tokens the model spends on an image of this size."""
-    return max(1, round(width * height / PIXELS_PER_TOKEN))
 
 
 def load_image(source, policy: ImagePolicy) -> Image.Image:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..errors import ImageError
+from .pixels import visual_tokens
 
 _LOCK = threading.Lock()
 MAX_PAGE_POINTS = 14_400  # the PDF format's own limit: 200 inches a side
@@ -63,8 +64,6 @@ def check_pages(count: int, max_pages: int) -> None:
 def plan(data: bytes, limits: PdfLimits) -> list[dict]:
     """What reading the document costs, before any page is rendered: per page its rendered size
     and the visual tokens the model spends on it (from the page size and the pixel budget)."""
-    from .images import visual_tokens
-
     with _LOCK, _opened(data) as document:
         out = []
         for number in range(1, len(document) + 1):

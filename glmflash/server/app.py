@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..adapt.serve import served_models
+from .._version import __version__
 from ..config import Settings
 from ..errors import GlmflashError
 from ..inputs.images import ImagePolicy
+from ..models import served_models
 from . import protocol
 from .bridge import DONE, WAITING, EngineCall
 from .errors import ApiError, error_body, error_response
@@ -62,7 +63,9 @@ class ServerState:
 def create_app(engine, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     state = ServerState(engine, settings)
-    app = FastAPI(title="glmflash", version="0.1.0", description="OpenAI-compatible API for GLM-4.6V-Flash")
+    app = FastAPI(
+        title="glmflash", version=__version__, description="OpenAI-compatible API for GLM-4.6V-Flash"
+    )
     app.state.glmflash = state
     _install_error_handlers(app)
 

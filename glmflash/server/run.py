@@ -31,7 +31,8 @@ def build_app(engine, settings, *, with_ui: bool = True):
     if with_ui:
         from ..ui import mount_ui
 
-        app = mount_ui(app, engine, settings)
+        keys = app.state.glmflash.auth  # the page asks for the API's keys
+        app = mount_ui(app, engine, settings, identify=keys.identify if keys.enabled else None)
     return app
 
 

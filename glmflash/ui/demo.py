@@ -9,9 +9,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..adapt.serve import served_models
 from ..errors import GlmflashError, ImageError
 from ..inputs.images import ImagePolicy
+from ..models import served_models
 from ..options import OPTIONS, to_openai
 from . import uploads
 from .batch_tab import build_batch_tab

@@ -1,5 +1,5 @@
 """The page's "Evaluate" tab: upload a labels file (CSV or JSONL of image, expected) with its
-images or a zip of both, run a task over them (evaluate.runner.run_eval on a background thread,
+images or a zip of both, run a task over them (evaluate.run.run_eval on a background thread,
 with Stop), and see the scores, the confusion matrix or per-field table, and the report to download.
 """
 
@@ -19,7 +19,7 @@ from ..errors import GlmflashError, InvalidRequestError
 from ..evaluate.compare import load_run, row
 from ..evaluate.data import load_labelled
 from ..evaluate.report import write_report
-from ..evaluate.runner import run_eval
+from ..evaluate.run import run_eval
 from ..evaluate.score import label_choices, label_fields
 from ..inputs.images import ImagePolicy
 from ..jobs.runner import Summary
@@ -126,7 +126,7 @@ def build_eval_tab(engine, settings, model_choice, engines: dict) -> None:
 
 
 class _Run(Background):
-    """evaluate.runner.run_eval on a background thread."""
+    """evaluate.run.run_eval on a background thread."""
 
     def __init__(self, engine, task, data, out: Path):
         super().__init__("glmflash-eval")

@@ -72,7 +72,7 @@ class Engine(EngineBase):
             self.compiled = False
         self.router = None  # with adapters: which adapter each row of a batch takes
         if info.adapters:
-            from ...adapt.serve import Router
+            from .adapters import Router
 
             self.router = Router.of(model, info.adapter or None)
         scheduler = settings.batching.scheduler

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ...config import DEFAULT_MODEL, EngineSettings
 from ...errors import (
@@ -20,11 +19,7 @@ from ...errors import (
     ModelNotFoundError,
     PrecisionError,
 )
-from ...testing import ensure_tiny_model, is_tiny_model
-from ..registry import engine_settings
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .tiny import TINY_ID, ensure_tiny_model, is_tiny_model
 
 log = logging.getLogger("glmflash")
 
@@ -71,7 +66,7 @@ class Placement:
 def resolve_checkpoint(model: str, settings: EngineSettings) -> Checkpoint:
     """Map "auto" / "tiny" / a folder / a hub id to something from_pretrained can load."""
     if model == "tiny":
-        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), "glmflash/tiny", True)
+        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), TINY_ID, True)
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():
@@ -92,7 +87,7 @@ def resolve_checkpoint(model: str, settings: EngineSettings) -> Checkpoint:
         return Checkpoint(repo, repo, False)
     if model == "auto":
         log.warning(DEMO_WARNING, DEFAULT_MODEL)
-        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), "glmflash/tiny", True)
+        return Checkpoint(str(ensure_tiny_model(settings.model.cache_dir)), TINY_ID, True)
     if missing:
         raise ModelNotFoundError(f"There is no model {repo!r} on the Hugging Face hub: check the name.")
     raise ModelNotFoundError(
@@ -357,49 +352,3 @@ def load_model(checkpoint: Checkpoint, placement: Placement, quantizer: str = "b
             "try --precision int8 or int4, or free the GPU."
         ) from None
     return model.eval(), processor
-
-
-def open_local(
-    model: str, precision: str | None, device: str | None, base: EngineSettings, options: dict
-) -> Engine:
-    """The local backend's opener (backends.registry.load picks it): load the checkpoint
-    `model` names ("auto", "tiny", a folder, a hub id) on this machine and return an `Engine`."""
-    from ...replies import EngineInfo
-    from .engine import Engine
-
-    options.pop("api_key", None)  # a remote backend's: nothing to send it to here
-    settings = engine_settings(base, {"model": model, "precision": precision, "device": device, **options})
-    placement = choose_placement(settings.model.precision, settings.model.device)
-    if settings.model.quantizer not in QUANTIZERS:
-        raise PrecisionError(
-            f"Unknown quantizer {settings.model.quantizer!r}: choose one of {', '.join(QUANTIZERS)}."
-        )
-    checkpoint = resolve_checkpoint(settings.model.name, settings)
-    if placement.precision in ("int8", "int4"):
-        placement = replace(placement, reason=f"{placement.reason}, {settings.model.quantizer}")
-    log.info("loading %s: %s", checkpoint.model_id, placement.reason)
-    model_obj, processor = load_model(checkpoint, placement, settings.model.quantizer)
-    if checkpoint.demo:
-        log.warning("The tiny demo model is loaded: its answers are meaningless.")
-    model_id, adapters = checkpoint.model_id, []
-    if settings.model.adapter:
-        from ...adapt.serve import attach_adapters
-
-        adapters = attach_adapters(model_obj, settings.model.adapter, base=model_id)
-    if adapters:
-        model_id = f"{model_id}+{adapters[0]}"  # what answers when a request names none
-    info = EngineInfo(
-        model_id=model_id,
-        source=checkpoint.source,
-        precision=placement.precision,
-        device=placement.device,
-        dtype=placement.dtype_name,
-        parameters=sum(p.numel() for p in model_obj.parameters()),
-        memory_bytes=weight_bytes(model_obj),
-        max_image_pixels=settings.limits.max_image_pixels,
-        demo_model=checkpoint.demo,
-        placement_reason=placement.reason,
-        adapters=tuple(adapters),
-        adapter=adapters[0] if adapters else "",
-    )
-    return Engine(model_obj, processor, info, settings)

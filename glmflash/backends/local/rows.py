@@ -130,7 +130,7 @@ class Line:
     waiting: deque
     _closed: bool
     _thread: threading.Thread
-    router = None  # adapt.serve.Router when LoRA adapters are loaded: each row's own adapter
+    router = None  # adapters.Router when LoRA adapters are loaded: each row's own adapter
     broken: str | None = None  # why the loop cannot go on
     _failures = 0  # failures since the last decode step that worked
 

@@ -1,6 +1,6 @@
-"""LoRA adapters on a loaded model: attached in place (transformers' PEFT integration, so the
-engine's model keeps its class and its decode loop), chosen per request, and merged into the
-base weights for export.
+"""LoRA adapters on the local engine's model: attached in place (transformers' PEFT integration,
+so the model keeps its class and its decode loop) and chosen per request. Training is
+adapt/train.py's, merging into the base weights adapt/merge.py's.
 
 Several adapters can be loaded at once. Each request names the one it wants (or the base model),
 and requests for different adapters still decode in one batch: the Router hands every LoRA layer
@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import InvalidRequestError
+from ...errors import InvalidRequestError, MissingDependencyError
 
 log = logging.getLogger("glmflash")
 
@@ -30,6 +30,17 @@ NAME = re.compile(r"[A-Za-z0-9-][A-Za-z0-9_-]*")  # an adapter's name: also a mo
 # adapter_config.json settings whose weights sit outside the LoRA layers or that peft cannot mix
 # in one batch: such an adapter could not be chosen per request
 UNSERVABLE = ("use_dora", "modules_to_save", "trainable_token_indices", "target_parameters")
+# What an adapter covers (what finetune trains, adapt/train.py says why): the language model's
+# attention q/k/v/o and its MLP's fused gate_up and down projections.
+TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_up_proj|down_proj)"
+
+
+def require_peft():
+    try:
+        import peft
+    except ImportError:
+        raise MissingDependencyError("LoRA adapters need peft: pip install peft") from None
+    return peft
 
 
 def parse_adapters(spec: str | Sequence[str] | dict | None) -> list[tuple[str, Path]]:
@@ -79,22 +90,6 @@ def adapter_config(path: str | Path) -> dict:
         raise InvalidRequestError(f"{config} is not valid JSON.", param="adapter") from None
 
 
-def served_models(info, served_name: str) -> dict[str, str]:
-    """The model ids a server answers to, each with the adapter it selects ("": the base model).
-    The served name is the base model; an adapter answers to its name (as vLLM's --lora-modules
-    names do) and to SERVED+NAME."""
-    if served_name in info.adapters:
-        raise InvalidRequestError(
-            f"An adapter is named {served_name!r}, as the served model is: rename it (NAME=FOLDER) or "
-            "set GLMFLASH_SERVED_MODEL_NAME.",
-            param="adapter",
-        )
-    ids = {served_name: ""}
-    for name in info.adapters:
-        ids[name] = ids[f"{served_name}+{name}"] = name
-    return ids
-
-
 def attach_adapters(model, spec, *, base: str | None = None) -> list[str]:
     """Attach every adapter in `spec` (see parse_adapters); returns their names, in order.
     `base`: the loaded model's id, checked against the one each was trained on (glmflash.json)."""
@@ -111,8 +106,6 @@ def _attach(model, folder: Path, name: str, base: str | None) -> None:
     be chosen per request: not plain LoRA, or changing anything but the language model's layers
     (a batch's images are encoded together and its embeddings looked up together, so no row
     could have its own vision or embedding adapter; merge such an adapter with merge-adapter)."""
-    from .train import require_peft
-
     require_peft()
     config = adapter_config(folder)
     odd = [key for key in UNSERVABLE if config.get(key)]
@@ -201,27 +194,6 @@ class Router:
             return None  # every row takes the layer's active adapter: peft's plain path, no row gathering
         width = len(args[0]) if args else len(kwargs["x"])
         return args, {**kwargs, "adapter_names": names or [same] * width}
-
-
-def merge(engine, adapter: str | Path, out: str | Path) -> Path:
-    """Base weights plus the adapter, merged, saved as a full checkpoint (with the processor)
-    that loads like any other: `glmflash.load(OUT)`, vLLM, SGLang."""
-    from .train import require_peft
-
-    peft = require_peft()
-    folder = Path(adapter).expanduser()
-    adapter_config(folder)
-    try:
-        merged = peft.PeftModel.from_pretrained(engine.model, str(folder)).merge_and_unload()
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise InvalidRequestError(
-            f"The adapter in {folder} does not fit this model: {str(exc).splitlines()[0][:300]}",
-            param="adapter",
-        ) from None
-    target = Path(out).expanduser()
-    merged.save_pretrained(str(target))
-    engine.processor.save_pretrained(str(target))
-    return target
 
 
 def base_shape(config) -> dict:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..cost import compare
 from ..errors import InvalidRequestError
 from ..jobs.runner import Summary, run_job
