@@ -3,7 +3,7 @@ and the server's overhead per request against calling Engine.chat directly with 
 
     .venv/bin/python benchmarks/load.py                 # starts its own server with the tiny model
     .venv/bin/python benchmarks/load.py --url http://127.0.0.1:8080 --api-key KEY   # a running one
-    .venv/bin/python benchmarks/load.py --compare-batching   # one at a time, static batches, per token
+    .venv/bin/python benchmarks/load.py --compare-batching   # one at a time, per token (eager, compiled)
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_level(url, body, headers, concurrency: int, total: int) -> dict:
     }
 
 
-def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False, scheduler: str = "auto"):
+def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False):
     import uvicorn
 
     import glmflash
@@ -84,7 +84,6 @@ def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False, schedule
         max_batch_size=batch_size,
         cache_dir=engine.settings.model.cache_dir,
         compile=compile,
-        scheduler=scheduler,
     )
     engine = Engine(engine.model, engine.processor, engine.info, settings)
     with socket.socket() as s:
@@ -145,19 +144,15 @@ def main() -> None:
             json.dump(result, f, indent=2)
 
 
-SETUPS = {  # name: (max_batch_size, scheduler)
-    "one at a time": (1, "token"),
-    "static batches": (8, "static"),
-    "per token": (8, "token"),
-}
+SETUPS = {"one at a time": 1, "per token": 8}  # name: max_batch_size
 
 
 def compare_batching(args) -> None:
-    """The same server one request at a time, with static batches and with per-token scheduling."""
+    """The same server one request at a time and with per-token scheduling."""
     body, results, urls = request_body(args), {}, {}
     engine = None
-    for name, (batch, scheduler) in SETUPS.items():  # all started first: each runs beside the others
-        engine, urls[name] = serve_tiny(batch, engine, args.compile, scheduler)
+    for name, batch in SETUPS.items():  # all started first: each runs beside the others
+        engine, urls[name] = serve_tiny(batch, engine, args.compile)
     for _ in range(2):  # twice each, alternating: the machine drifts
         for name, url in urls.items():
             for clients in (1, 8, 2):  # warm-up (with --compile: each batch shape compiles first)
@@ -175,7 +170,7 @@ def compare_batching(args) -> None:
         p50, p95 = m["p50_s"] * 1000, m["p95_s"] * 1000
         print(f"{name:>16}{clients:>8}{m['requests_per_s']:>10.2f}{p50:>10.1f}{p95:>10.1f}")
     summary = {}
-    for name in ("static batches", "per token"):
+    for name in ("per token",):
         speedup = med[(name, 8)]["requests_per_s"] / med[("one at a time", 8)]["requests_per_s"]
         latency = med[(name, 8)]["p95_s"] / med[(name, 1)]["p50_s"]  # a lone request on that server
         summary[name] = {"speedup": speedup, "p95_vs_single": latency}

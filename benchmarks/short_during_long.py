@@ -1,11 +1,11 @@
 """A short request sent while a long answer is being generated: its latency against its latency
-alone, through the HTTP server, with static batches and with per-token scheduling in the same run.
+alone, through the HTTP server (the one decode loop, eager and compiled, in the same run).
 
     .venv/bin/python benchmarks/short_during_long.py                 # tiny model, this machine
     .venv/bin/python benchmarks/short_during_long.py --long 1500 --short 8 --after 1.0 --rounds 3
 
-With static batches the short request waits for the long batch to end; per token it joins the
-running batch at the next step. Figures are medians over the rounds, the setups alternating.
+The short request joins the running batch at the next step. Figures are medians over the rounds,
+the setups alternating.
 """
 
 from __future__ import annotations
@@ -52,8 +52,9 @@ def main() -> None:
     figures: dict[str, dict[str, list[float]]] = {}
     engine = None
     for _ in range(args.rounds):
-        for scheduler in ("static", "token"):
-            engine, url = serve_tiny(8, engine, scheduler=scheduler)
+        for scheduler in ("eager", "compiled"):
+            engine, url = serve_tiny(8, engine, compile=scheduler == "compiled")
+            engine.warm_up()  # compiled: every shape the run meets, before timing
             timed(url, short_body)  # warm-up
             runs = figures.setdefault(scheduler, {"alone": [], "long": [], "during": []})
             runs["alone"].append(statistics.median(timed(url, short_body) for _ in range(3)))

@@ -41,7 +41,7 @@ class ModelSettings:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32 | int8 | int4
     quantizer: str = "bitsandbytes"  # int8/int4 library: bitsandbytes (least memory) | torchao (int8)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # static KV cache + torch.compile'd decoding (each new shape compiles first)
+    compile: bool = False  # torch.compile'd decode step (CUDA graphs on a GPU), compiled at warm-up
     # LoRA adapter folders (python -m glmflash finetune): FOLDER or NAME=FOLDER, commas between
     # several; a request chooses one by name (the API's `model`), the first is the default
     adapter: str = ""
@@ -72,9 +72,6 @@ class BatchSettings:
     """How the local engine shares the model between concurrent requests."""
 
     max_batch_size: int = 8  # requests decoded together, each joining at the next token (1: one at a time)
-    scheduler: str = "auto"  # token: rows join/leave per token | static: whole batches | auto
-    # auto: token, or static with GLMFLASH_COMPILE (CUDA graphs replay its fixed shapes)
-    batch_wait_ms: float = 30.0  # static scheduler only: the most a static batch waits for company
     kv_cache_mb: int = 0  # KV cache budget for all rows; 0: 40% of free GPU memory / 25% of free RAM
     prefill_chunk: int = 2048  # prompt tokens prefilled between two decode steps of the running rows
 

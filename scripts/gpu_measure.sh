@@ -20,7 +20,6 @@
 # bench-bf16+compile    120 s    100 s  1 caller, 4 requests (torch.compile + CUDA graphs)
 # bench-int8             60 s     40 s  LLM.int8, 16 tokens, 2 requests, 1 caller
 #                             = 380 s   then, while time is left:
-# bench-bf16+static      60 s     45 s  the static batcher at 16 callers (against bench-bf16)
 # tests-compile          90 s     50 s  the compiled-decoding tests (CUDA graphs replayed)
 # bench-int8+torchao+compile  120 s  torchao int8 weight-only, compiled, 1 caller
 #
@@ -139,7 +138,6 @@ bench bench-int4 90 int4 --concurrency 1,16 --requests 4
 step qlora 90 "${qlora[@]}"
 bench bench-bf16+compile 120 bf16+compile --concurrency 1 --requests 4
 bench bench-int8 60 int8 --concurrency 1 --requests 2 --tokens 16
-bench bench-bf16+static 60 bf16+static --concurrency 1,16 --requests 4
 gpu_step tests-compile 90 "${tests[@]}" -k compile --junitxml "$out/tests-compile.xml"
 bench bench-int8+torchao+compile 120 int8+torchao+compile --concurrency 1 --requests 4
 echo "== done in ${SECONDS} s: $out/steps.jsonl"

@@ -13,9 +13,9 @@ import threading
 import pytest
 
 import glmflash
+from glmflash.backends.local.tiny import random_adapter
 from glmflash.config import Settings
 from glmflash.errors import InvalidRequestError
-from glmflash.backends.local.tiny import random_adapter
 from tests.conftest import png_bytes
 from tests.server_helpers import running_server
 
@@ -64,11 +64,10 @@ def test_each_adapter_answers_as_it_does_loaded_alone(multi, alone, adapters, en
         assert only.chat(QUESTION, **GREEDY).text == alone[name]
 
 
-@pytest.mark.parametrize("scheduler", ["token", "static"])
-def test_requests_for_different_adapters_share_a_batch_and_keep_their_own(multi, alone, scheduler):
+def test_requests_for_different_adapters_share_a_batch_and_keep_their_own(multi, alone):
     from tests.server_helpers import engine_with
 
-    served = engine_with(multi, scheduler=scheduler, max_batch_size=8, batch_wait_ms=200)
+    served = engine_with(multi, max_batch_size=8)
     got: dict = {}
 
     def ask(name, i):
@@ -107,7 +106,7 @@ def test_mixed_prompts_and_chunked_prefills_keep_each_rows_adapter(multi):
     cut into chunks, each row with its own adapter, all at once: each gets its alone answer."""
     from tests.server_helpers import engine_with
 
-    served = engine_with(multi, scheduler="token", max_batch_size=9, prefill_chunk=24)
+    served = engine_with(multi, max_batch_size=9, prefill_chunk=24)
     long = "Describe a long and winding road through hills. " * 4
     prompts = [QUESTION, [{"role": "user", "content": "Hi"}], [{"role": "user", "content": long}]]
     cases = [(p, name) for p in range(3) for name in ("", "alpha", "beta")]

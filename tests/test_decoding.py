@@ -1,5 +1,6 @@
-"""Faster decoding with the real tiny model: compiled decoding (static cache + torch.compile) gives
-the same greedy tokens as eager, alone and batched; torchao int8 loads and generates; bad choices
+"""Faster decoding with the real tiny model: compiled decoding (the decode loop's step under
+torch.compile, over its cache of fixed slots) gives the same greedy tokens as eager, alone and
+batched; torchao int8 loads and generates; bad choices
 are clear errors; `bench` knows its --arch-only variants."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import sys
 import pytest
 
 import glmflash
-from glmflash.backends.local.decoding import MIN_CACHE_TOKENS, cache_tokens, compiled_config
 from glmflash.backends.local.load import quantization_config
+from glmflash.backends.local.slots import MIN_WINDOW, bucket
 from glmflash.commands.bench import parse_variant
 from glmflash.errors import GenerationError, InvalidRequestError, MissingDependencyError, PrecisionError
 
@@ -22,12 +23,13 @@ def compiled(engine):
     return engine_batching(engine, compile=True, max_batch_size=8)
 
 
-def test_cache_lengths_come_in_few_buckets():
-    assert cache_tokens(1, 10_000) == MIN_CACHE_TOKENS
-    assert cache_tokens(MIN_CACHE_TOKENS + 1, 10_000) == 2 * MIN_CACHE_TOKENS
-    assert cache_tokens(3000, 10_000) == 4096
-    assert cache_tokens(9000, 10_000) == 10_000  # never past the model's context
-    assert cache_tokens(12_000, 10_000) == 12_000  # (the engine refuses such requests before)
+def test_windows_and_cache_sizes_come_in_few_buckets():
+    assert bucket(1, 10_000) == MIN_WINDOW
+    assert bucket(MIN_WINDOW + 1, 10_000) == 2 * MIN_WINDOW
+    assert bucket(3000, 10_000) == 4096
+    assert bucket(9000, 10_000) == 10_000  # never past a slot's tokens
+    assert bucket(12_000, 10_000) == 12_000  # (the engine refuses such requests before)
+    assert [bucket(rows, 8, start=1) for rows in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
 
 
 def test_compiled_decoding_gives_the_eager_tokens_alone_and_batched(engine, compiled):
@@ -39,28 +41,28 @@ def test_compiled_decoding_gives_the_eager_tokens_alone_and_batched(engine, comp
         assert [r.text for r in batched] == [r.text for r in eager]
         assert [r.usage.completion_tokens for r in batched] == [r.usage.completion_tokens for r in eager]
     assert max(compiled._batch.sizes) > 1  # they did share batches
-    assert hasattr(engine.model, "_compiled_call")  # generate did take the compiled path
+    decoder = compiled._batch.decoder
+    assert decoder.compiled and {rows for rows, _ in decoder.shapes} <= {1, 2, 4, 8}  # bucketed
     # min_new_tokens and a stop mid-answer still hold per row with the larger, bucketed cache
     reply = compiled.chat(MIXED[3][0], max_new_tokens=9, min_new_tokens=9, temperature=0, thinking=False)
     assert reply.usage.completion_tokens == 9 and reply.finish_reason == "length"
 
 
-def test_the_static_cache_is_kept_while_batches_keep_its_shape(compiled):
+def test_the_slot_cache_keeps_its_tensors_until_it_must_grow(compiled):
     def ask(tokens):
         reply = compiled.chat(MIXED[1][0], max_new_tokens=tokens, temperature=0, thinking=False)
         return reply.text, reply.usage
 
     first_reply = ask(20)
-    keeper = compiled._batch.caches
-    kept, address = keeper.cache, keeper.cache.layers[0].keys.data_ptr()
-    assert keeper.shape == (1, 256)
-    assert ask(20) == first_reply  # emptied in place, so nothing of the last answer leaks in
-    assert keeper.cache is kept and keeper.cache.layers[0].keys.data_ptr() == address
-    ask(400)  # a longer answer: the next bucket, a new cache
-    assert keeper.shape == (1, 512) and keeper.cache is not kept
+    cache = compiled._batch.cache
+    address, columns = cache.keys[0].data_ptr(), cache.columns
+    assert ask(20) == first_reply  # written over in place: nothing of the last answer leaks in
+    assert cache.keys[0].data_ptr() == address and cache.columns == columns
+    ask(columns + 50)  # a longer answer than the slots hold now: they grow, by doubling
+    assert cache.columns >= 2 * columns and cache.keys[0].shape[0] == 8
 
 
-def test_compiled_decoding_runs_on_the_batcher_thread_even_one_at_a_time(engine):
+def test_compiled_decoding_runs_on_the_loop_thread_even_one_at_a_time(engine):
     single = engine_batching(engine, compile=True, max_batch_size=1)
     reply = single.chat(MIXED[1][0], max_new_tokens=6, temperature=0, thinking=False)
     assert reply.usage.completion_tokens == 6
@@ -90,14 +92,12 @@ def test_warm_up_compiles_what_later_requests_need(engine):
 def test_a_failing_compilation_is_a_clear_error_at_warm_up(engine, monkeypatch):
     import torch
 
-    from glmflash.backends.local import engine as engine_module
+    original = torch.compile
 
-    def broken(config, device):
-        config = compiled_config(config, device)
-        config.compile_config.backend = "no-such-backend"
-        return config
+    def broken(function, **options):
+        return original(function, **options, backend="no-such-backend")
 
-    monkeypatch.setattr(engine_module, "compiled_config", broken)
+    monkeypatch.setattr(torch, "compile", broken)
     torch._dynamo.reset()
     failing = engine_batching(engine, compile=True, max_batch_size=2)
     with pytest.raises(GenerationError, match="Unset GLMFLASH_COMPILE"):
@@ -140,11 +140,12 @@ def test_quantizer_choices_are_clear_errors(cache_dir, monkeypatch):
 
 
 def test_bench_variants():
-    plain = {"precision": "bf16", "compile": False, "quantizer": "bitsandbytes", "scheduler": "auto"}
+    plain = {"precision": "bf16", "compile": False, "quantizer": "bitsandbytes"}
     assert parse_variant("bf16") == plain
-    fast_int8 = {"precision": "int8", "compile": True, "quantizer": "torchao", "scheduler": "auto"}
+    fast_int8 = {"precision": "int8", "compile": True, "quantizer": "torchao"}
     assert parse_variant("int8+torchao+compile") == fast_int8
-    assert parse_variant("bf16+static") == {**plain, "scheduler": "static"}
+    with pytest.raises(InvalidRequestError, match="Unknown variant"):
+        parse_variant("bf16+static")  # the static batcher is gone
     with pytest.raises(InvalidRequestError, match="Unknown variant 'bf16\\+fast'"):
         parse_variant("bf16+fast")
 

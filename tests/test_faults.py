@@ -4,7 +4,7 @@ patched on a real engine) fails the rows it concerns with a clear error, the oth
 answers they get without it, the next request is answered and /health and /ready stay 200.
 Failures that repeat, or a loop thread that dies (loudly or silently), break the engine: every
 caller is answered at once with 503 engine_failed, later requests are refused at once, and /health
-and /ready answer 503 with the reason. The static batcher likewise."""
+and /ready answer 503 with the reason."""
 
 from __future__ import annotations
 
@@ -252,34 +252,6 @@ def test_a_reader_notices_a_thread_that_ended_silently(scenes, monkeypatch):
     answer = waiting.result()
     assert (answer.status, answer.code) == (503, "engine_failed") and time.monotonic() - ended < 2.0
     scene.assert_broken("its thread has ended")
-
-
-# -- the static batcher (compiled decoding's path) -------------------------------------------------
-
-
-def test_the_static_batcher_fails_a_failing_batch_alone_and_breaks_on_repeats(scenes, monkeypatch):
-    scene = scenes(scheduler="static", max_batch_size=1)
-    expected = scene.ask("a question", 20).text
-    fired = inject(monkeypatch, scene.loop, "_generate")
-    assert failed_by(scene.ask("a question", 20), "_generate") and fired == ["_generate"]
-    assert scene.ask("a question", 20).text == expected  # the next batch starts afresh
-    scene.assert_serving()
-    inject(monkeypatch, scene.loop, "_generate", times=None)
-    for _ in range(3):
-        assert failed_by(scene.ask("a question", 20), "_generate")
-    scene.assert_broken("3 failures in a row", "injected fault in _generate")
-
-
-def test_the_static_batchers_thread_dying_answers_the_line_at_once(scenes, monkeypatch):
-    scene = scenes(scheduler="static", max_batch_size=1)
-    fired = inject(monkeypatch, scene.loop, "_remember_demand", when=lambda: bool(scene.loop.waiting))
-    running = scene.later("a long answer", LONG, forced=True)
-    wait_until(lambda: scene.loop.generating, 30)
-    waiting = scene.later("waiting in line", 10)
-    assert running.result().text is not None  # its batch ended before the thread did
-    answer = waiting.result()
-    assert (answer.status, answer.code) == (503, "engine_failed") and fired == ["_remember_demand"]
-    scene.assert_broken("its thread ended on RuntimeError: injected fault in _remember_demand")
 
 
 # -- health is part of the contract -----------------------------------------------------------------

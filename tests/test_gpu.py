@@ -38,7 +38,7 @@ def test_auto_precision_on_gpu_is_bf16_or_fp16():
 @pytest.mark.gpu
 def test_compiled_decoding_on_gpu_replays_its_cuda_graphs(cache_dir):
     """The same request over and over after warm-up: CUDA graphs are replayed, never skipped, and
-    the kept static cache stays where the graphs were recorded."""
+    the slot cache stays where the graphs were recorded."""
     from torch._dynamo.utils import counters
 
     engine = glmflash.load("tiny", "bf16", "cuda", cache_dir=str(cache_dir), compile=True, max_new_tokens=64)
@@ -67,7 +67,7 @@ def test_token_scheduler_on_gpu_gives_generates_tokens(cache_dir):
     from .test_scheduler import arriving, generate_tokens
 
     engine = glmflash.load("tiny", "fp32", "cuda", cache_dir=str(cache_dir))
-    assert engine.per_token and engine.slot_tokens() > 10_000
+    assert engine.slot_tokens() > 10_000
     expected = [generate_tokens(engine, messages, tokens) for messages, tokens in MIXED]
     assert arriving(engine, MIXED, [0, 0.02, 0.01, 0.05, 0.0, 0.1]) == expected
     assert max(engine._batch.sizes) > 1

@@ -100,7 +100,7 @@ def test_the_gpu_run_works_on_the_gpu_machines_packages(tmp_path):
     out = tmp_path / "out"
     steps, wall = dry_run(out, tmp_path)
     print(f"dry run: {wall:.1f} s")
-    for name in ("setup", "tests", "bench-bf16", "qlora", "bench-bf16+static"):
+    for name in ("setup", "tests", "bench-bf16", "qlora"):
         assert steps[name].get("exit") == 0, f"{name}: {steps[name]}\n{log(out, name)}"
     for name in ("bench-int4", "bench-int8"):  # no bitsandbytes, or no CUDA: a clean error, exit 1
         assert steps[name].get("exit") == 1, f"{name}: {steps[name]}\n{log(out, name)}"
@@ -115,12 +115,10 @@ def test_the_gpu_run_works_on_the_gpu_machines_packages(tmp_path):
     assert [level["concurrency"] for level in bf16["bf16"]["levels"]] == [1, 2]
     assert bf16["bf16"]["decode_fraction_of_limit"] > 0 and bf16["image"] == "112x112"
     assert "random checkpoint written" in log(out, "bench-bf16")
-    for name in ("bench-int4", "qlora", "bench-int8", "bench-bf16+static"):  # one checkpoint for all
+    for name in ("bench-int4", "qlora", "bench-int8"):  # one checkpoint for all
         assert "random checkpoint reused" in log(out, name), log(out, name)
     assert "int4 needs a CUDA GPU" in json.loads((out / "bench-int4.json").read_text())["int4"]["error"]
     assert "needs bitsandbytes" in json.loads((out / "bench-int8.json").read_text())["int8"]["error"]
-    static = json.loads((out / "bench-bf16+static.json").read_text())["bf16+static"]
-    assert static["scheduler"] == "static", static
     qlora = json.loads((out / "qlora.json").read_text())
     assert qlora["steps"] == 1 and qlora["device"] == "cpu" and qlora["used_gib"] > 0
     assert "passed" in log(out, "tests")  # the gpu tests skip here; the import check runs

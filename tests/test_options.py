@@ -89,7 +89,7 @@ def test_rows_with_different_stops_in_one_batch_each_stop_at_their_own(engine):
     alone = engine_with(engine, max_batch_size=1)
     solo = [alone.chat(question(p), **GREEDY).text for p in PROMPTS]
     stops = [a_stop_in(text) for text in solo]
-    batched = engine_with(engine, max_batch_size=8, batch_wait_ms=300)
+    batched = engine_with(engine, max_batch_size=8)
     replies = [None] * len(PROMPTS)
 
     def ask(i):
@@ -154,7 +154,7 @@ def test_a_thinking_budget_closes_the_thinking_and_the_answer_follows(form_engin
 
 
 def test_rows_with_and_without_a_thinking_budget_share_a_batch(engine):
-    batched = engine_with(engine, max_batch_size=4, batch_wait_ms=300)
+    batched = engine_with(engine, max_batch_size=4)
     replies = {}
 
     def ask(name, **options):

@@ -1,7 +1,8 @@
 """The token scheduler with the real tiny model: greedy tokens identical to `model.generate` alone
 for mixed prompts, image sizes and arrival times (prefilled whole or in chunks); rows joining and
 leaving at any step; one row cancelled mid-batch; per-row settings in one batch; positions after
-images; the KV budget's refusal; long prefills interleaved; an idle scheduler using no CPU."""
+images; the KV budget's refusal; long prefills interleaved; an idle scheduler using no CPU. The
+tests that pin tokens run with the decode step eager and compiled (GLMFLASH_COMPILE)."""
 
 from __future__ import annotations
 
@@ -62,14 +63,21 @@ def arriving(engine, requests, delays) -> list[list[int]]:
     return got
 
 
+@pytest.fixture(params=[False, True], ids=["eager", "compiled"])
+def compiled(request) -> bool:
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def expected(engine):
     return [generate_tokens(engine, messages, tokens) for messages, tokens in MIXED]
 
 
 @pytest.mark.parametrize("chunk", [512, 7])
-def test_greedy_tokens_are_generates_alone_for_any_mix_and_arrival(engine, expected, chunk):
-    scheduled = engine_batching(engine, max_batch_size=4, prefill_chunk=chunk)  # 6 requests, 4 slots
+def test_greedy_tokens_are_generates_alone_for_any_mix_and_arrival(engine, expected, chunk, compiled):
+    scheduled = engine_batching(
+        engine, max_batch_size=4, prefill_chunk=chunk, compile=compiled
+    )  # 6 requests, 4 slots
     for delays in ([0] * len(MIXED), [0, 0.05, 0.01, 0.12, 0.03, 0.2]):
         assert arriving(scheduled, MIXED, delays) == expected
     assert max(scheduled._batch.sizes) == 4  # they did decode together, as many as the slots
@@ -81,8 +89,8 @@ def test_greedy_tokens_are_generates_alone_for_any_mix_and_arrival(engine, expec
     scheduled.close()
 
 
-def test_rows_join_and_leave_at_any_step(engine, expected):
-    scheduled = engine_batching(engine, max_batch_size=8)
+def test_rows_join_and_leave_at_any_step(engine, expected, compiled):
+    scheduled = engine_batching(engine, max_batch_size=8, compile=compiled)
     long_request = row_request(engine, MIXED[0][0], 150, min_new_tokens=150)
     alone = loop_tokens(scheduled, MIXED[0][0], 150, min_new_tokens=150)
     joiners, threads, long_tokens = {}, [], []
@@ -104,8 +112,8 @@ def test_rows_join_and_leave_at_any_step(engine, expected):
     scheduled.close()
 
 
-def test_one_row_cancelled_mid_batch_ends_at_once_and_the_others_go_on(engine, expected):
-    scheduled = engine_batching(engine, max_batch_size=8)
+def test_one_row_cancelled_mid_batch_ends_at_once_and_the_others_go_on(engine, expected, compiled):
+    scheduled = engine_batching(engine, max_batch_size=8, compile=compiled)
     stop = threading.Event()
     cancelled = scheduled._batcher().tokens(row_request(engine, MIXED[0][0], 400, stop, min_new_tokens=400))
     others: list = [None, None]
@@ -130,8 +138,8 @@ def test_one_row_cancelled_mid_batch_ends_at_once_and_the_others_go_on(engine, e
     assert others == expected[1:3]
 
 
-def test_every_setting_is_per_row_in_one_batch(engine):
-    scheduled = engine_batching(engine, max_batch_size=8)
+def test_every_setting_is_per_row_in_one_batch(engine, compiled):
+    scheduled = engine_batching(engine, max_batch_size=8, compile=compiled)
     prompt = user(picture(48, 40, 3), "Say something")
     asks = [
         {"temperature": 0},
@@ -159,7 +167,7 @@ def test_every_setting_is_per_row_in_one_batch(engine):
     assert together[0].text != together[4].text  # the penalty did apply to its row only
 
 
-def test_positions_after_images_run_on_from_the_rows_own_offset(engine, expected, monkeypatch):
+def test_positions_after_images_run_on_from_the_rows_own_offset(engine, expected, monkeypatch, compiled):
     _, inputs = engine.prepare(MIXED[2][0], thinking=False)
     positions, (offset,) = prefill.rotary_positions(engine.model, inputs)
     assert offset < 0  # an image takes fewer positions than tokens
@@ -169,13 +177,13 @@ def test_positions_after_images_run_on_from_the_rows_own_offset(engine, expected
     # positions that ignored the offset would give other tokens: the comparison above can fail
     original = prefill.rotary_positions
     monkeypatch.setattr(prefill, "rotary_positions", lambda *a: (original(*a)[0], [0] * len(original(*a)[1])))
-    wrong = engine_batching(engine, max_batch_size=8)
+    wrong = engine_batching(engine, max_batch_size=8, compile=compiled)
     images = [i for i, (messages, _) in enumerate(MIXED) if len(messages[0]["content"]) > 1]
     assert any(loop_tokens(wrong, *MIXED[i]) != expected[i] for i in images)
 
 
-def test_the_kv_budget_refuses_what_a_slot_cannot_hold(engine):
-    small = engine_batching(engine, max_batch_size=4, kv_cache_mb=1)
+def test_the_kv_budget_refuses_what_a_slot_cannot_hold(engine, compiled):
+    small = engine_batching(engine, max_batch_size=4, kv_cache_mb=1, compile=compiled)
     per_slot = 2**20 // (4 * kv_bytes_per_token(engine.model))
     assert small.slot_tokens() == min(per_slot, small.context_tokens)
     prompt = user(picture(64, 48, 1), "What is this?")

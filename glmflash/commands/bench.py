@@ -139,7 +139,6 @@ def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]
         "device_name": device_name(engine.info.device),
         "precision": engine.info.precision,
         "max_batch_size": engine.settings.batching.max_batch_size,
-        "scheduler": "token" if getattr(engine, "per_token", False) else "static",
         "compiled": engine.info.compiled,
         "quantizer": engine.info.quantizer,
         "workload": {
@@ -181,8 +180,6 @@ def _how(result: dict) -> str:
     parts = [result["quantizer"]] if result["precision"] in ("int8", "int4") else []
     if result.get("compiled"):
         parts.append("compiled")
-    if result.get("scheduler") == "static":
-        parts.append("static batches")
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -300,7 +297,7 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-VARIANT_FLAGS = ("compile", "torchao", "static")
+VARIANT_FLAGS = ("compile", "torchao")
 
 
 def parse_variant(variant: str) -> dict:
@@ -311,15 +308,13 @@ def parse_variant(variant: str) -> dict:
         from ..errors import InvalidRequestError
 
         raise InvalidRequestError(
-            f"Unknown variant {variant!r}: a precision, then optionally +compile, +torchao and/or "
-            "+static (the static batcher instead of per-token scheduling), e.g. bf16+compile, "
-            "int8+torchao+compile, bf16+static."
+            f"Unknown variant {variant!r}: a precision, then optionally +compile and/or +torchao, "
+            "e.g. bf16+compile, int8+torchao+compile."
         )
     return {
         "precision": precision,
         "compile": "compile" in flags,
         "quantizer": "torchao" if "torchao" in flags else "bitsandbytes",
-        "scheduler": "static" if "static" in flags else "auto",
     }
 
 

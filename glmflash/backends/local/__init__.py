@@ -1,6 +1,7 @@
 """The local engine: loading the model (load.py), the decode loop where requests join and leave
-per token (scheduler.py, with prefill.py and rows.py), static batches for compiled decoding
-(batcher.py, decoding.py) and grammar masks (grammar.py). Importing this package imports no
+per token (scheduler.py, with prefill.py, rows.py and slots.py: its KV cache of fixed slots and
+its decode step, eager or compiled; decoding.py: the compiled step's warm-up) and grammar masks
+(grammar.py). Importing this package imports no
 torch; its modules do.
 """
 

@@ -1,10 +1,10 @@
 """Engine: the engine contract (contract.EngineBase) over a transformers model on this machine.
 
 Every request goes through one path: checked and rendered here (pipeline.prepare), then generated
-by the scheduler (scheduler.py: the engine's own decode loop, where a request joins the running
-rows at the next token and leaves when it ends; with compiled decoding the static batcher,
-batcher.py, instead), its tokens detokenised and split into reasoning and answer (text/stage.py),
-and closed with usage and timings (pipeline.closing).
+by the scheduler (scheduler.py: the engine's one decode loop, eager or compiled, where a request
+joins the running rows at the next token and leaves when it ends), its tokens detokenised and
+split into reasoning and answer (text/stage.py), and closed with usage and timings
+(pipeline.closing).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -27,7 +26,6 @@ from ...pipeline import Clock, Request, closing, prepare
 from ...replies import Chunk, EngineInfo, Memory, Timings, Usage
 from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from ...text.thinking import THINK_CLOSE, THINK_OPEN
-from .batcher import Batcher, row_config
 from .decoding import warm_up
 from .load import stop_token_ids
 from .rows import RowRequest
@@ -46,11 +44,10 @@ class Engine(EngineBase):
         self.info = info
         self.settings = settings = settings.for_engine()  # never the server's part
         self.image_policy = ImagePolicy.from_limits(settings.limits)
-        self._setup_lock = threading.Lock()  # lazy grammar/batcher set-up and the request count
+        self._setup_lock = threading.Lock()  # lazy grammar/scheduler set-up
         self._json = None  # grammar.Constraints, made when JSON output is first asked for
-        self._batch: Batcher | Scheduler | None = None
+        self._batch: Scheduler | None = None
         self._slot_tokens: int | None = None  # what one request may hold in the KV cache
-        self._active = 0  # requests called but not yet queued for a batch (see _Ticket)
         self.stop_ids = stop_token_ids(model, self.tokenizer)
         self.defaults = checkpoint_defaults(model.generation_config)  # for options left unset
         self.image_token_id = model.config.image_token_id
@@ -75,16 +72,6 @@ class Engine(EngineBase):
             from .adapters import Router
 
             self.router = Router.of(model, info.adapter or None)
-        scheduler = settings.batching.scheduler
-        if scheduler not in ("auto", "token", "static"):
-            raise InvalidRequestError(
-                f"GLMFLASH_SCHEDULER={scheduler!r}: choose auto, token or static.", param="scheduler"
-            )
-        # the token scheduler decodes eager; compiled graphs need the static batcher's fixed shapes
-        self.per_token = scheduler == "token" or (scheduler == "auto" and not self.compiled)
-        if self.per_token and self.compiled:
-            log.warning("GLMFLASH_COMPILE is ignored: the token scheduler decodes eager.")
-            self.compiled = False
         quantized = info.precision in ("int8", "int4")
         self.info = dataclasses.replace(
             info, compiled=self.compiled, quantizer=settings.model.quantizer if quantized else ""
@@ -110,21 +97,14 @@ class Engine(EngineBase):
         started = time.perf_counter()
         if self._batch is not None:  # a broken loop refuses at once
             self._batch.check()
-        ticket = _Ticket(self)  # on its way: the batcher waits for it
-        try:
-            chosen = self.choose_adapter(adapter)
-            request = prepare(
-                messages, gen, self.settings.limits, image_policy or self.image_policy,
-                control_tokens=self.control_tokens, started=started,
-            )  # fmt: skip
-            prompt = self._template(request)
-            template = self._grammar(request, prompt)
-        except BaseException:
-            ticket.release()
-            raise
-        chunks = self._run(ticket, request, prompt, template, stop_event or threading.Event(), chosen)
-        weakref.finalize(chunks, ticket.release)  # a stream never read still leaves
-        return chunks
+        chosen = self.choose_adapter(adapter)
+        request = prepare(
+            messages, gen, self.settings.limits, image_policy or self.image_policy,
+            control_tokens=self.control_tokens, started=started,
+        )  # fmt: skip
+        prompt = self._template(request)
+        template = self._grammar(request, prompt)
+        return self._chunks(request, prompt, template, stop_event or threading.Event(), chosen)
 
     def warm_up(self) -> float:
         """With compiled decoding: compile the decode step for what a server meets before a caller
@@ -136,7 +116,7 @@ class Engine(EngineBase):
         return self._batch.health() if self._batch is not None else None
 
     def close(self) -> None:
-        """End the batcher's thread, which holds the model: the engine serves nothing after this."""
+        """End the scheduler's thread, which holds the model: the engine serves nothing after this."""
         if self._batch is not None:
             self._batch.close()
 
@@ -207,7 +187,7 @@ class Engine(EngineBase):
                 param="messages",
                 code="context_length_exceeded",
             )
-        if self.per_token and prompt_tokens + max_new_tokens > self.slot_tokens():
+        if prompt_tokens + max_new_tokens > self.slot_tokens():
             slots = max(1, self.settings.batching.max_batch_size)
             raise InvalidRequestError(
                 f"This server's KV cache keeps at most {self.slot_tokens()} tokens per request "
@@ -230,7 +210,7 @@ class Engine(EngineBase):
                 self._json = Constraints(self.tokenizer, vocab, self.stop_ids)
             return self._json
 
-    def _batcher(self) -> Batcher | Scheduler:
+    def _batcher(self) -> Scheduler:
         """The scheduler, started on first use: it runs every generation on its one thread (compiled
         graphs, too, must all run on one thread); with max_batch_size 1 one at a time."""
         with self._setup_lock:
@@ -238,35 +218,27 @@ class Engine(EngineBase):
                 return self._batch
             pad = self.tokenizer.pad_token_id
             pad = pad if pad is not None else min(self.stop_ids)
-            if self.per_token:
-                self._batch = Scheduler(
-                    self.model,
-                    self.stop_ids,
-                    pad,
-                    slots=max(1, self.settings.batching.max_batch_size),
-                    prefill_chunk=self.settings.batching.prefill_chunk,
-                    constraints=self._constraints,
-                    think_ids=self._think_ids(),
-                    router=self.router,
-                )
-            else:
-                self._batch = Batcher(
-                    self.model,
-                    self.stop_ids,
-                    pad,
-                    max_batch_size=max(1, self.settings.batching.max_batch_size),
-                    max_wait_s=self.settings.batching.batch_wait_ms / 1000,
-                    constraints=lambda: self._json,
-                    callers=lambda: self._active,
-                    cache_limit=self.context_tokens,
-                    think_ids=self._think_ids(),
-                    router=self.router,
-                )
+            self._batch = Scheduler(
+                self.model,
+                self.stop_ids,
+                pad,
+                slots=max(1, self.settings.batching.max_batch_size),
+                prefill_chunk=self.settings.batching.prefill_chunk,
+                constraints=self._constraints,
+                think_ids=self._think_ids(),
+                router=self.router,
+                slot_tokens=self._slots_now(),
+                compiled=self.compiled,
+            )
             return self._batch
 
     def slot_tokens(self) -> int:
         """Tokens (prompt and answer) one request may keep in the KV cache: the budget
         (GLMFLASH_KV_CACHE_MB, or a share of the memory free when first asked) over the slots."""
+        with self._setup_lock:
+            return self._slots_now()
+
+    def _slots_now(self) -> int:
         if self._slot_tokens is None:
             batching = self.settings.batching
             slots, budget = batching.max_batch_size, batching.kv_cache_mb
@@ -280,23 +252,12 @@ class Engine(EngineBase):
             return vocab[THINK_OPEN], vocab[THINK_CLOSE]
         return None
 
-    def _run(self, ticket, *args) -> Iterator[Chunk]:
-        try:
-            yield from self._chunks(ticket, *args)
-        finally:
-            ticket.release()
-
-    def _chunks(self, ticket, request: Request, prompt, template, stop, adapter) -> Iterator[Chunk]:
+    def _chunks(self, request: Request, prompt, template, stop, adapter) -> Iterator[Chunk]:
         options = request.options.resolved(self.defaults)
-        config, group = None, ()
-        if not self.per_token:
-            device = self.info.device if self.compiled else None
-            config, group = row_config(options, self.model.generation_config, self.stop_ids, device)
         opened = prompt.rstrip().endswith(THINK_OPEN)
         stage = TextStage(start_in_reasoning=opened, control_tokens=self.control_tokens, stops=options.stop)
         halt = threading.Event()  # set when the answer reached a stop string: the row ends there
         if stop.is_set():  # cancelled before it was read: no prefill for nobody
-            ticket.release()
             yield Chunk(finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0))
             return
         detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
@@ -310,15 +271,15 @@ class Engine(EngineBase):
 
         try:
             batcher = self._batcher()
-            # A lone request has its inputs made on the batcher's thread, where the model runs
+            # A lone request has its inputs made on the scheduler's thread, where the model runs
             # (torch's CPU pool belongs to a thread: one thread is faster); with company, each
-            # makes its own here, while the batcher generates or waits for the others.
-            alone = not batcher.busy and self._active <= 1
+            # makes its own here, while the scheduler decodes the others.
+            alone = not batcher.busy
             row = RowRequest(
                 inputs if alone else inputs(), options, (stop, halt), template,
-                thinking_open=opened, adapter=adapter, config=config, group=group,
+                thinking_open=opened, adapter=adapter,
             )  # fmt: skip
-            for token, at in batcher.tokens(row, on_queued=ticket.release):
+            for token, at in batcher.tokens(row):
                 if stage.stopped:  # tokens made before the row ended: not part of the answer
                     continue
                 clock.tick(at)
@@ -353,18 +314,3 @@ class Engine(EngineBase):
         image_tokens = 0 if prompt_ids is None else int((prompt_ids == self.image_token_id).sum())
         usage = Usage(prompt_tokens, image_tokens, clock.count, reasoning_tokens)
         yield closing(request, stage, clock, finish=finish, usage=usage)
-
-
-class _Ticket:
-    """Counts one request as on its way to the batcher (called, not yet queued), once."""
-
-    def __init__(self, engine: Engine):
-        self.engine, self.held = engine, True
-        with engine._setup_lock:
-            engine._active += 1
-
-    def release(self) -> None:
-        with self.engine._setup_lock:
-            if self.held:
-                self.held = False
-                self.engine._active -= 1

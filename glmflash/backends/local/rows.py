@@ -1,8 +1,7 @@
-"""One request's row as the generation thread sees it, for both schedulers (scheduler.py, the
-per-token one; batcher.py, the compiled one): what it asks (RowRequest), the queue its tokens go
-to its caller through, the line it waits in and the loop's health (Line), and its own token
-choice (RowSampler: sampling settings, seed, minimum length, thinking budget and JSON grammar,
-each per row).
+"""One request's row as the decode loop (scheduler.py) sees it: what it asks (RowRequest), the
+queue its tokens go to its caller through, the line it waits in and the loop's health (Line),
+and its own token choice (RowSampler: sampling settings, seed, minimum length, thinking budget
+and JSON grammar, each per row, read from its options).
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ log = logging.getLogger("glmflash")
 class RowRequest:
     """What one request asks. `options`: its generation options, resolved against the
     checkpoint's defaults (options.GenerationOptions.resolved); its sampler applies them as they
-    are. `config` and `group`: only the static batcher's (a GenerationConfig for `generate`, and
-    the key of the rows that may share a batch with it)."""
+    are."""
 
     inputs: Any  # its model inputs (batch dimension 1), or a function that makes them
     options: GenerationOptions
@@ -43,8 +41,6 @@ class RowRequest:
     template: object = None  # its compiled JSON grammar, or None
     thinking_open: bool = False  # the prompt itself opened <think>
     adapter: str | None = None  # the LoRA adapter it takes (None: the base model)
-    config: Any = None
-    group: tuple = ()
 
     @property
     def seed(self) -> int | None:
@@ -65,13 +61,6 @@ class Row(RowRequest):
     ended: bool = False
     queued: float = field(default_factory=time.monotonic)  # when it reached the scheduler
     ended_at: float = 0.0  # when it ended (0: not yet)
-
-    @property
-    def key(self):
-        """Rows batch together only when their groups are equal; a seeded sampled row runs alone."""
-        if self.options.sample and self.seed is not None:
-            return id(self)
-        return self.group
 
     def end(self) -> None:
         if not self.ended:
@@ -111,7 +100,7 @@ class Row(RowRequest):
 
 
 class Line:
-    """The waiting line both schedulers keep, `tokens()` (what the engine calls per request), and
+    """The decode loop's waiting line, `tokens()` (what the engine calls per request), and
     the health of the loop that serves it. A subclass sets `ready` (a Condition), `waiting` (a
     deque), `_closed`, `router` and `_thread` (the loop's), and says which rows it holds beyond
     the line (`_held`).
@@ -179,7 +168,7 @@ class Line:
         """Each row's own LoRA adapter for the forward in hand (nothing to choose without any)."""
         return self.router.rows([row.adapter for row in rows]) if self.router else contextlib.nullcontext()
 
-    def tokens(self, request: RowRequest, on_queued=None) -> Iterator[tuple[int, float]]:
+    def tokens(self, request: RowRequest) -> Iterator[tuple[int, float]]:
         """Queue one request (its inputs may be a function that makes them on the model's
         thread); yield (token id, time) as its row produces them."""
         row = Row(**{f.name: getattr(request, f.name) for f in fields(RowRequest)})
@@ -188,8 +177,6 @@ class Line:
                 raise RuntimeError("This engine was closed.")
             self.check()
             self.waiting.append(row)
-            if on_queued is not None:
-                on_queued()
             self.ready.notify()
         return read(row, self)
 

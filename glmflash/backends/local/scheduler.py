@@ -12,14 +12,14 @@ next in line, then one decode step for every running row:
   budget, JSON grammar; so does its position: GLM-4.6V's rotary positions have three streams,
   and after the image tokens a row's text positions run ahead of its length by its own offset.
 
-The KV cache holds the running rows side by side, aligned at their newest column: a row that
-joins is padded on the left (masked), a row that leaves is cut out, and columns no row needs any
-more are dropped. Each step appends one column (as `generate` does). Its size is bounded by a
-budget (GLMFLASH_KV_CACHE_MB, or a share of the free memory): each slot may hold `slot_tokens`
-tokens, prompt and answer, and the engine refuses a request that needs more.
+The KV cache is one of fixed slots (slots.py): each running row has its own slot and writes at
+its own column, so a decode step has the same shapes whoever joins or leaves. Its size is bounded
+by a budget (GLMFLASH_KV_CACHE_MB, or a share of the free memory): each slot may hold
+`slot_tokens` tokens, prompt and answer, and the engine refuses a request that needs more. With
+GLMFLASH_COMPILE the decode step runs compiled (torch.compile; CUDA graphs on a GPU), in this
+same loop: compiled rows, too, join and leave at any token.
 
-Greedy tokens are those of the request alone. Compiled decoding (a static cache replayed as CUDA
-graphs) still uses the static batcher (batcher.py); this loop runs eager.
+Greedy tokens are those of the request alone (`model.generate`), compiled or eager.
 
 Failures (an out-of-memory error, a grammar that raises) fail only the rows they concern, and the
 loop goes on: a row's own sampler or grammar, that row; making inputs or prefilling, the rows
@@ -38,13 +38,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from . import decoding  # noqa: F401  (quiets the cache keyword's rename warning)
 from .prefill import Prefill, group
 from .rows import Line, Row, RowSampler, describe, pick, remember
+from .slots import Decoder, Slots
 
 log = logging.getLogger("glmflash")
 GPU_SHARE, RAM_SHARE = 0.4, 0.25  # of the free memory, for the KV cache when no budget is set
@@ -76,13 +76,14 @@ def kv_budget(device: str, megabytes: int) -> int:
 
 @dataclass(eq=False)
 class _Live:
-    """A running row: its sampler, its next position, its first cache column, its newest token."""
+    """A running row: its sampler, its next rotary position, its cache column, its newest token."""
 
     row: Row
     sampler: RowSampler
     position: int  # the rotary position its next input token takes
     prompt: torch.Tensor  # (1, prompt tokens)
-    start: int = 0  # its first column in the shared cache (columns before it are masked)
+    start: int = 0  # where its prompt begins in its prefill's cache (until it joins)
+    column: int = 0  # its slot's column its next input token's key and value go to
     last: int = 0  # its newest token, the next step's input
 
     def history(self) -> torch.Tensor | None:
@@ -108,6 +109,8 @@ class Scheduler(Line):
         constraints,
         think_ids: tuple[int, int] | None = None,
         router=None,
+        slot_tokens: int,
+        compiled: bool = False,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.router = router
@@ -116,10 +119,11 @@ class Scheduler(Line):
         self.constraints, self.think_ids = constraints, think_ids
         self.waiting: deque[Row] = deque()
         self.ready = threading.Condition()
-        self.live: list[_Live] = []  # the running rows, in cache order
+        self.live: list[_Live] = []  # the running rows: row i in slot i
         self.filling: Prefill | None = None
         self.taken: list[Row] = []  # rows taken from `waiting`, their inputs being made
-        self.cache: Any = None  # their shared DynamicCache
+        self.cache = Slots(model, self.slots, slot_tokens)  # the running rows' keys and values
+        self.decoder = Decoder(model, self.cache, pad_id, compiled=compiled)
         self._sizes: list[int] = []  # per busy spell: the most rows that decoded together
         self.prefills: list[tuple[int, int, int]] = []  # per prefill: rows, chunks, steps meanwhile
         self.steps = 0  # decode steps run
@@ -211,7 +215,8 @@ class Scheduler(Line):
         concerned = list(rows)
         if shared:
             concerned += [live.row for live in self.live]
-            self.live, self.cache = [], None
+            self.live = []
+            self.cache.drop()
         with self.ready:
             concerned = [row for row in concerned if not row.ended and row not in self.waiting]
         for row in concerned:
@@ -229,7 +234,8 @@ class Scheduler(Line):
         for row in [*self.waiting, *self._held()]:
             row.end()
         self.waiting.clear()
-        self.live, self.filling, self.cache, self.taken = [], None, None, []
+        self.live, self.filling, self.taken = [], None, []
+        self.cache.drop()
 
     # -- prefill ------------------------------------------------------------------------------
 
@@ -285,35 +291,24 @@ class Scheduler(Line):
         for row, offset in zip(job.rows, job.offsets, strict=True):
             ids = row.inputs["input_ids"]
             sampler = RowSampler(row, self.stop_ids, self.think_ids, self.constraints)
-            lives.append(_Live(row, sampler, ids.shape[1] + offset, ids, start=job.width - ids.shape[1]))
+            length = ids.shape[1]
+            lives.append(_Live(row, sampler, length + offset, ids, start=job.width - length, column=length))
         self._pick(lives, out.logits[:, -1].float())
         return lives
 
     # -- the running batch --------------------------------------------------------------------
 
     def _join(self, lives: list[_Live], cache) -> None:
-        """Put a prefilled group's cache beside the running rows', aligned at the newest column
-        (each row's `start` is where its prompt begins in the group's cache)."""
-        if self.cache is None:
-            self.cache = cache
-        else:
-            width, length = _width(self.cache), _width(cache)
-            if length > width:  # the newcomers are longer: everyone else moves right
-                _pad_left(self.cache, length - width)
-                for other in self.live:
-                    other.start += length - width
-            elif width > length:
-                _pad_left(cache, width - length)
-                for live in lives:
-                    live.start += width - length
-            for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
-                mine.keys = torch.cat([mine.keys, theirs.keys])
-                mine.values = torch.cat([mine.values, theirs.values])
+        """Copy a prefilled group's keys and values into the next free slots (each row's prompt
+        begins at its `start` in the group's left-padded cache)."""
+        for i, live in enumerate(lives):
+            self.cache.put(len(self.live) + i, cache, i, live.start, live.column)
         self.live.extend(lives)
         self._peak = max(self._peak, sum(not live.row.ended for live in self.live))
 
     def _leave(self) -> None:
-        """Rows that ended or were cancelled leave now; columns nobody needs are dropped."""
+        """Rows that ended or were cancelled leave now; the rows after them move up a slot, so
+        the running rows keep slots 0..n-1."""
         keep = []
         for live in self.live:
             if live.row.finished():
@@ -323,39 +318,25 @@ class Scheduler(Line):
         if len(keep) == len(self.live):
             return
         if not keep:
-            self.live, self.cache = [], None
+            self.live = []
             return
-        index = torch.tensor([self.live.index(live) for live in keep], device=self.live[0].prompt.device)
-        trim = min(live.start for live in keep)
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
-            layer.values = layer.values.index_select(0, index)[:, :, trim:]
-        for live in keep:
-            live.start -= trim
+        for slot, live in enumerate(keep):  # moving up only: a source is never an earlier target
+            old = self.live.index(live)
+            if old != slot:
+                self.cache.move(old, slot, live.column)
         self.live = keep
 
     def _step(self) -> None:
         """One token for every running row."""
-        device = self.live[0].prompt.device
-        width = _width(self.cache)
-        ids = torch.tensor([[live.last] for live in self.live], device=device)
-        positions = torch.tensor([[live.position] for live in self.live], device=device)
-        starts = torch.tensor([live.start for live in self.live], device=device)
-        hidden = torch.arange(width + 1, device=device)[None, :] < starts[:, None]
-        mask = torch.zeros(hidden.shape, dtype=self.model.dtype, device=device)
-        mask.masked_fill_(hidden, torch.finfo(self.model.dtype).min)
-        with self._adapters([live.row for live in self.live]):
-            out = self.model(
-                input_ids=ids,
-                position_ids=positions[None].expand(3, -1, -1),
-                attention_mask=mask[:, None, None, :],
-                past_key_values=self.cache,
-                use_cache=True,
-            )
+        lives = self.live
+        with self._adapters([live.row for live in lives]):
+            ids, positions = [live.last for live in lives], [live.position for live in lives]
+            logits = self.decoder.step(ids, positions, [live.column for live in lives])
         self.steps += 1
-        for live in self.live:
+        for live in lives:
             live.position += 1
-        self._pick(self.live, out.logits[:, -1].float())
+            live.column += 1
+        self._pick(lives, logits)
         self._worked()
 
     def _pick(self, rows: list[_Live], logits: torch.Tensor) -> None:
@@ -372,17 +353,6 @@ class Scheduler(Line):
                 continue
             live.last = token
             live.row.emit(token, now, self.stop_ids)
-
-
-def _width(cache) -> int:
-    return cache.layers[0].keys.shape[-2]
-
-
-def _pad_left(cache, columns: int) -> None:
-    if columns:
-        for layer in cache.layers:
-            layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, columns, 0))
-            layer.values = torch.nn.functional.pad(layer.values, (0, 0, columns, 0))
 
 
 def slot_tokens(model, device: str, slots: int, megabytes: int, context: int) -> int:
