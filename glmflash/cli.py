@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         cost.add_argument(
             f"--{f.name.replace('_', '-')}", type=kind, help=f"{f.metadata['help']} ({f.default})"
         )
+    from .cost import COMPARATORS
+
+    cost.add_argument(
+        "--comparator",
+        choices=list(COMPARATORS),
+        help="price the cloud side as this API (GLM-4.6V models: per token; sources in glmflash/cost.py)",
+    )
+    cost.add_argument(
+        "--usage", help="a batch job's results or an eval run's items.jsonl: its measured tokens per request"
+    )
     cost.add_argument("--bench", help="benchmark JSON: its measured images/s replaces the throughput")
     cost.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
@@ -185,9 +195,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cost(args) -> int:
-    from .cost import CostInputs, compare, table, throughput_from_bench
+    from .cost import CostInputs, comparator, compare, table, throughput_from_bench, usage_from_results
 
-    changes = {f.name: getattr(args, f.name) for f in fields(CostInputs) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in fields(CostInputs) if getattr(args, f.name) is not None}
+    changes: dict = {}
+    if args.comparator:
+        base = CostInputs()
+        currency, rate = given.get("currency", base.currency), given.get("usd_rate", base.usd_rate)
+        changes.update(comparator(args.comparator, currency, rate))
+    if args.usage:
+        changes.update(usage_from_results(args.usage))
+    changes.update(given)  # a price or token count given on its own wins
     for name in ("gpus_per_server", "standby_servers"):
         if name in changes:
             changes[name] = int(changes[name])

@@ -58,6 +58,12 @@ class CostInputs:
         default=320, metadata={"help": "network, rack, maintenance per month, all servers"}
     )
     currency: str = field(default="CNY", metadata={"help": "the currency all prices are in"})
+    usd_rate: float = field(
+        default=7.1,
+        metadata={
+            "help": "units of `currency` per US dollar, for comparators priced in dollars (check today's)"
+        },
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -81,6 +87,89 @@ class CostInputs:
             raise InvalidRequestError("load_hours_per_day is at most 24.", param="load_hours_per_day")
         if self.requests_per_day > 1e10 or self.server_price > 1e9 or self.api_price_per_call > 1e6:
             raise InvalidRequestError("These inputs are out of any realistic range: check the units.")
+
+
+@dataclass(frozen=True)
+class Comparator:
+    """A cloud API a team pays today, priced as its provider lists it (`usd`: prices in US
+    dollars, converted with CostInputs.usd_rate), with where and when the price was read."""
+
+    title: str
+    prices: dict  # CostInputs price fields
+    usd: bool
+    source: str
+
+
+COMPARATORS = {
+    "per-call": Comparator(
+        "A per-call cloud API at 0.01 a call (Volcano Engine's 0.01 CNY, the worked example)",
+        {
+            "api_price_per_call": 0.01,
+            "api_price_per_million_input_tokens": 0.0,
+            "api_price_per_million_output_tokens": 0.0,
+        },
+        usd=False,
+        source="the project's worked example (a published per-call price of 0.01 CNY)",
+    ),
+    "glm-4.6v-flashx": Comparator(
+        "GLM-4.6V-FlashX (Z.ai's paid 9B vision model): $0.06 / $0.36 per million input / output tokens",
+        {"api_price_per_million_input_tokens": 0.06, "api_price_per_million_output_tokens": 0.36},
+        usd=True,
+        source="list price seen 2026-12-04 at therouter.ai/models/zhipu--glm-4.6v-flashx (a reseller "
+        "quoting Z.ai's price); check Z.ai's own pricing page before quoting",
+    ),
+    "glm-4.6v": Comparator(
+        "GLM-4.6V (Z.ai's 106B vision model): about $0.30 / $0.90 per million input / output tokens",
+        {"api_price_per_million_input_tokens": 0.30, "api_price_per_million_output_tokens": 0.90},
+        usd=True,
+        source="list price seen 2026-12-04 at neuralhub.xyz/dashboard/models/z-ai/glm-4.6v (one reseller, "
+        "therouter.ai, lists $0.336 / $1.68); check Z.ai's own pricing page before quoting",
+    ),
+}
+# The GLM-4.6V-Flash API itself is free (input and output), so it is no comparator.
+
+
+def comparator(name: str, currency: str = "CNY", usd_rate: float = CostInputs.usd_rate) -> dict:
+    """The CostInputs changes that price the API as comparator `name`, in `currency` (dollar
+    prices converted at `usd_rate` units of it per dollar, unless it is USD)."""
+    if name not in COMPARATORS:
+        raise InvalidRequestError(
+            f"Unknown comparator {name!r}: choose one of {', '.join(COMPARATORS)}.", param="comparator"
+        )
+    preset = COMPARATORS[name]
+    rate = usd_rate if preset.usd and currency.strip().upper() != "USD" else 1.0
+    changes = {key: value * rate for key, value in preset.prices.items()}
+    if "api_price_per_call" not in changes:
+        changes["api_price_per_call"] = 0.0  # per-token pricing replaces it
+    return changes
+
+
+def usage_from_results(path: str) -> dict:
+    """Mean prompt and answer tokens per request, measured: from a batch job's results or an
+    eval run's items.jsonl (every record with `usage`). The mean, not the median: a bill adds up."""
+    prompts, answers = [], []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    usage = json.loads(line).get("usage") or {}
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(usage, dict) and all(
+                    isinstance(usage.get(k), (int, float)) for k in ("prompt_tokens", "completion_tokens")
+                ):
+                    prompts.append(usage["prompt_tokens"])
+                    answers.append(usage["completion_tokens"])
+    except OSError as exc:
+        raise InvalidRequestError(f"Cannot read {path}: {exc.strerror}.", param="usage") from None
+    if not prompts:
+        raise InvalidRequestError(
+            f"{path} has no records with usage (prompt and completion tokens).", param="usage"
+        )
+    return {
+        "input_tokens_per_call": sum(prompts) / len(prompts),
+        "output_tokens_per_call": sum(answers) / len(answers),
+    }
 
 
 @dataclass(frozen=True)

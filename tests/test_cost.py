@@ -95,3 +95,46 @@ def test_throughput_from_a_benchmark_file(tmp_path):
     with pytest.raises(InvalidRequestError):
         throughput_from_bench(str(tmp_path / "bad.json"))
     assert CostInputs().images_per_second_per_gpu == 4.0
+
+
+def test_comparators_price_per_token_in_the_inputs_currency():
+    from glmflash.cost import COMPARATORS, comparator
+
+    flashx = compare(**comparator("glm-4.6v-flashx"))
+    # (1,400 x 0.06 + 200 x 0.36) / 1e6 dollars a call, x 7.1 CNY per dollar
+    assert flashx.api["per_call"] == pytest.approx((1_400 * 0.06 + 200 * 0.36) / 1e6 * 7.1)
+    in_dollars = compare(currency="USD", **comparator("glm-4.6v", "USD"))
+    assert in_dollars.api["per_call"] == pytest.approx((1_400 * 0.30 + 200 * 0.90) / 1e6)
+    assert compare(**comparator("per-call")).api["per_call"] == 0.01
+    assert all(c.source and "2026" in c.source for c in COMPARATORS.values() if c.usd)
+    with pytest.raises(InvalidRequestError) as info:
+        comparator("glm-4.6v-flash")  # the free API is no comparator
+    assert info.value.param == "comparator"
+
+
+def test_tokens_per_request_measured_from_results(tmp_path):
+    from glmflash.cost import usage_from_results
+
+    results = tmp_path / "results.jsonl"
+    lines = [{"id": "a", "usage": {"prompt_tokens": 1000, "completion_tokens": 100}},
+             {"id": "b", "usage": {"prompt_tokens": 1400, "completion_tokens": 300}},
+             {"id": "c", "error": "not an image"}]  # fmt: skip
+    results.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    assert usage_from_results(str(results)) == {"input_tokens_per_call": 1200, "output_tokens_per_call": 200}
+    cli = run_cli("cost", "--comparator", "glm-4.6v-flashx", "--usage", str(results), "--json")
+    assert cli.returncode == 0, cli.stderr
+    inputs = json.loads(cli.stdout)["inputs"]
+    assert inputs["input_tokens_per_call"] == 1200
+    assert inputs["api_price_per_million_output_tokens"] == pytest.approx(0.36 * 7.1)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("{}\n")
+    bad = run_cli("cost", "--usage", str(empty))
+    assert bad.returncode == 2 and "no records with usage" in bad.stderr
+
+
+def test_the_plot_reads_plain_currency_not_powers_of_ten():
+    from glmflash.ui.cost_tab import cost_plot
+
+    figure = cost_plot(compare(requests_per_day=1_000_000))
+    formatter = figure.axes[0].yaxis.get_major_formatter()
+    assert formatter(3_000_000, 0) == "3,000,000"

@@ -172,6 +172,13 @@ def test_cost_tab_shows_the_table_and_the_plot(page, tmp_path):
         "() => (document.querySelector('#cost-table')?.innerText || '').includes('15,000.00 CNY')",
         timeout=20_000,
     )
+    # Priced as GLM-4.6V-FlashX per token: (1,400 x 0.06 + 200 x 0.36) / 1e6 USD x 7.1 x 50,000 a day
+    page.locator("#cost-comparator input").click()
+    page.get_by_role("option", name="GLM-4.6V-FlashX", exact=False).click()
+    page.wait_for_function(
+        "() => (document.querySelector('#cost-table')?.innerText || '').includes('55.38 CNY')",
+        timeout=20_000,
+    )
     page.screenshot(path=str(tmp_path / "cost.png"), full_page=True)
 
 

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..cost import CostInputs, compare, cumulative
+from ..cost import COMPARATORS, CostInputs, comparator, compare, cumulative
 from ..errors import GlmflashError
 
 # (field, English label, Chinese label)
 FIELDS = [
     ("requests_per_day", "Images per day", "每天图片数"),
     ("api_price_per_call", "Cloud API price per call", "云 API 单次价格"),
-    ("images_per_second_per_gpu", "Measured images/s per GPU", "每块 GPU 实测图片/秒"),
+    (
+        "api_price_per_million_input_tokens",
+        "Cloud price per million input tokens (replaces per call)",
+        "云 API 每百万输入 token 价格（取代单次价格）",
+    ),
+    (
+        "api_price_per_million_output_tokens",
+        "Cloud price per million output tokens",
+        "云 API 每百万输出 token 价格",
+    ),
+    ("input_tokens_per_call", "Input tokens per image (prompt + image)", "每张图输入 token（提示 + 图片）"),
+    ("output_tokens_per_call", "Output tokens per image", "每张图输出 token"),
+    (
+        "images_per_second_per_gpu",
+        "Images/s per GPU: 4 is an assumption until you measure yours (glmflash bench)",
+        "每块 GPU 图片/秒：4 为假设值，请用 glmflash bench 实测",
+    ),
     ("peak_factor", "Peak factor (peak / average)", "峰值系数（峰值/平均）"),
     ("server_price", "Server price", "服务器价格"),
     ("standby_servers", "Standby servers", "备用服务器数"),
@@ -27,6 +43,10 @@ def build_cost_tab(lang: str):
     column = 2 if lang == "zh" else 1
     with gr.Row():
         with gr.Column(scale=1):
+            against = gr.Dropdown(
+                [(c.title, name) for name, c in COMPARATORS.items()], value="per-call",
+                label="云 API 对比对象" if lang == "zh" else "Compare against", elem_id="cost-comparator",
+            )  # fmt: skip
             inputs = [
                 gr.Number(value=getattr(defaults, f[0]), label=f[column], elem_id=f"cost-{f[0]}")
                 for f in FIELDS
@@ -46,6 +66,19 @@ def build_cost_tab(lang: str):
             return gr.skip(), gr.skip()
         return markdown_table(result), cost_plot(result)
 
+    prices = [n for n, *_ in FIELDS if n.startswith("api_price")]
+
+    def choose(name, currency=defaults.currency):
+        """A comparator's prices into the price fields (their change events redraw the rest)."""
+        try:
+            changes = comparator(name, currency, defaults.usd_rate)
+        except GlmflashError as exc:
+            gr.Warning(exc.message)
+            return [gr.skip()] * len(prices)
+        return [round(changes.get(n, 0.0), 6) for n in prices]  # 2.556, not 2.5559999999999996
+
+    price_inputs = [component for (n, *_), component in zip(FIELDS, inputs, strict=True) if n in prices]
+    against.change(choose, [against], price_inputs, queue=False)
     for component in inputs:
         component.change(update, inputs, [summary, plot], queue=False)
     return inputs, summary, plot, update
@@ -70,6 +103,7 @@ def markdown_table(result) -> str:
 
 def cost_plot(result, months: int = 36):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -86,6 +120,7 @@ def cost_plot(result, months: int = 36):
         )
     axis.set_xlabel("months")
     axis.set_ylabel(f"cumulative cost ({result.inputs['currency']})")
+    axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))  # not 1e6
     axis.legend()
     figure.tight_layout()
     plt.close(figure)
