@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             from .commands import finetune
 
             base = settings.replace(adapter="")  # trains on, and merges into, the base model alone
-            return finetune.run(args, lambda: _load(args, base))
+            return finetune.run(args, lambda: _load(args, base, local_for=args.command), base)
         for path in getattr(args, "images", []):
             if not os.path.isfile(path):
                 raise ImageError(f"No such image file: {path}")
@@ -226,9 +226,15 @@ def _check(args, settings) -> int:
     return 1 if any(f.level == "fail" for f in findings) else 0
 
 
-def _load(args, settings, backend_url: str | None = None, api_key: str | None = None):
+def _load(args, settings, backend_url: str | None = None, api_key: str | None = None, *, local_for=""):
+    """The engine the flags and settings name. `local_for`: a command that works on the model's
+    weights, which refuses a remote backend before anything loads."""
     from .backends.registry import load
 
+    if local_for:
+        from .backends.local import require_local
+
+        require_local(args.model, settings, local_for)
     if backend_url:
         return load(backend_url, api_key=api_key, settings=settings)
     return load(args.model, args.precision, args.device, settings=settings)

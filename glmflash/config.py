@@ -95,6 +95,7 @@ class ServerSettings:
     audit_log_max_bytes: int = 50_000_000  # rotate above this size (5 files kept)
     audit_log_prompts: bool = False  # also log the prompt text (never the images)
     lang: str = "en"  # the web page's language: en or zh
+    font: str = ""  # a font file for the page's box labels (Latin and CJK); empty: the first found
     upload_dir: str = ""  # where the page's private upload folder is made; empty: the temp folder
     upload_max_bytes: int = 2_000_000_000  # the page's disk budget: uploads, its cache, unpacked zips
     upload_max_age: float = 21_600.0  # seconds an uploaded or cached file is kept (6 h)

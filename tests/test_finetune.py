@@ -169,3 +169,28 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(made, cache_dir, tmp_path
     rows = len(read_split(made["data"] / "train.jsonl"))  # the split depends on the images' paths
     assert report["resumed"] and report["steps"] >= 40 * (rows // 2)  # 2 rows per step, 40 epochs
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["finetune", "merge-adapter"])
+def test_commands_on_the_weights_refuse_a_remote_backend_in_one_line(command, monkeypatch, capsys, tmp_path):
+    """With GLMFLASH_BACKEND_URL set, finetune and merge-adapter say they need a model loaded here,
+    before anything loads or connects (not an AttributeError on the remote engine)."""
+    from glmflash.cli import main
+
+    monkeypatch.setenv("GLMFLASH_BACKEND_URL", "http://127.0.0.1:9/v1")
+    target = str(tmp_path / "data") if command == "finetune" else str(tmp_path / "adapter")
+    assert main([command, target, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {command} needs a model loaded on this machine")
+    assert "http://127.0.0.1:9/v1" in err and "GLMFLASH_BACKEND_URL" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_refuses_a_remote_engine_by_type(tmp_path):
+    from types import SimpleNamespace
+
+    remote = SimpleNamespace(info=SimpleNamespace(source="http://gpu-box:8000/v1", model_id="glm"))
+    with pytest.raises(InvalidRequestError, match="merge-adapter needs a model loaded on this machine"):
+        merge(remote, tmp_path, tmp_path / "out")
+    with pytest.raises(InvalidRequestError, match="finetune needs a model loaded on this machine"):
+        finetune(remote, tmp_path, tmp_path / "out", QUICK)

@@ -140,6 +140,29 @@ def test_no_lower_layer_imports_a_higher_one():
     assert upward(graph()) == []
 
 
+def environment_reads() -> list[str]:
+    """Where a module other than config.py reads a GLMFLASH_* variable (os.environ, getenv)."""
+    found = []
+    for name, path in modules().items():
+        if name == "glmflash.config":
+            continue
+        source = path.read_text("utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, (ast.Call, ast.Subscript)):
+                continue
+            text = ast.get_source_segment(source, node) or ""
+            named = [
+                c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            ]
+            if ("environ" in text or "getenv" in text) and any(v.startswith("GLMFLASH_") for v in named):
+                found.append(f"{name}:{node.lineno}")
+    return sorted(set(found))
+
+
+def test_only_config_reads_glmflash_variables():
+    assert environment_reads() == []
+
+
 def test_the_check_sees_cycles_and_lazy_imports():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     edges = graph()
@@ -155,3 +178,5 @@ if __name__ == "__main__":
         print("package cycle:", " <-> ".join(component))
     for arrow in upward(edges):
         print("upward:", arrow)
+    for place in environment_reads():
+        print("GLMFLASH_ read outside config.py:", place)

@@ -68,8 +68,13 @@ def load(model: str | None = None, precision: str | None = None, device: str | N
     max_new_tokens, ...; see config.py), or `settings=` a whole Settings.
     """
     base = options.pop("settings", None) or Settings.from_env()
-    target = model or base.model.backend_url or base.model.name
-    return backend_for(target).opener()(target, precision, device, base, options)
+    chosen = target(model, base)
+    return backend_for(chosen).opener()(chosen, precision, device, base, options)
+
+
+def target(model: str | None, settings: EngineSettings) -> str:
+    """What load(model) serves: `model`, else the settings' backend URL, else their model."""
+    return model or settings.model.backend_url or settings.model.name
 
 
 def engine_settings(base: EngineSettings, options: dict[str, Any]) -> EngineSettings:

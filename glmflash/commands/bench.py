@@ -110,17 +110,17 @@ def through_engine(engine, requests, tokens: int, concurrency: int) -> dict:
 
 
 def run(engine, *, size: int, tokens: int, requests: int, concurrency: list[int]) -> dict:
-    from ..backends.local.engine import Engine
+    from ..backends.local import as_local
 
     engine.reset_peak_memory()
     warm = workload(2, size)
-    local = isinstance(engine, Engine)  # raw model.generate is the baseline; remote: its own 1 by 1
-    if local:
-        baseline(engine, warm[:1], tokens)  # warm-up both paths
+    local = as_local(engine)  # raw model.generate is the baseline here; a remote one: its own 1 by 1
+    if local is not None:
+        baseline(local, warm[:1], tokens)  # warm-up both paths
     through_engine(engine, warm, tokens, min(2, max(concurrency)))  # no batch shape left unmeasured
     engine.reset_peak_memory()  # the one-image peak: requests one at a time, nothing else
-    if local:
-        base = baseline(engine, workload(requests, size), tokens)
+    if local is not None:
+        base = baseline(local, workload(requests, size), tokens)
     else:
         base = through_engine(engine, workload(requests, size), tokens, 1)
     peak_one = peak_memory(engine)
@@ -350,6 +350,7 @@ def arch_only(
 
     import glmflash
 
+    from ..backends.local import local_engine
     from ..backends.local.load import full_size_config, weight_bytes
 
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -379,7 +380,7 @@ def arch_only(
             engine = None
             try:
                 engine = glmflash.load(str(folder), device=device, max_batch_size=max(levels), **options)
-                weights = weight_bytes(engine.model)
+                weights = weight_bytes(local_engine(engine, "bench --arch-only").model)
                 one = run(engine, size=size, tokens=tokens, requests=requests, concurrency=levels)
             except Exception as exc:  # e.g. bitsandbytes missing: say so, measure the rest
                 result[variant] = {"error": f"{type(exc).__name__}: {exc}"}

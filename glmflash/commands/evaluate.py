@@ -7,7 +7,6 @@ python -m glmflash eval --compare runs/bf16 runs/cloud --report compare.html
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -111,7 +110,7 @@ def run(args, load_engine) -> int:
     data = load_labelled(args.data, labels=choices, max_image_bytes=limits.max_image_bytes)
     for problem in data.problems:
         print(f"left out: {problem}", file=sys.stderr)
-    engine = load_engine(args.backend, args.api_key or os.environ.get("GLMFLASH_BACKEND_API_KEY"))
+    engine = load_engine(args.backend, args.api_key)  # no key given: GLMFLASH_BACKEND_API_KEY's
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None if args.no_progress else Progress()

@@ -9,7 +9,6 @@ python -m glmflash merge-adapter adapters/moderation --out merged/     # a full 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from ..jobs.tasks import PRESETS, load_task
@@ -47,7 +46,8 @@ def add_parsers(commands, model_flags) -> None:
     merge.add_argument("--out", required=True, help="folder for the merged checkpoint")
 
 
-def run(args, load_engine) -> int:
+def run(args, load_engine, settings) -> int:
+    """`load_engine()` loads the base model; `settings` are the ones it loads with."""
     if args.command == "training-data":
         from ..adapt.examples import export_training
 
@@ -66,7 +66,7 @@ def run(args, load_engine) -> int:
     from ..adapt.train import TrainSettings, finetune, require_peft
 
     require_peft()  # before loading the model
-    if args.precision is None and not os.environ.get("GLMFLASH_PRECISION"):  # QLoRA on smaller cards
+    if args.precision is None and settings.model.precision == "auto":  # QLoRA on smaller cards
         from ..adapt.train import wants_qlora
         from ..backends.local.load import choose_placement
 

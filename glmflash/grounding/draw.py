@@ -5,16 +5,15 @@ Labels need a font with both Latin and CJK glyphs. None is shipped (such a font 
 first of these found on the machine is used, checked to hold the glyphs: WenQuanYi Micro Hei
 (Debian's `fonts-wqy-microhei`, Apache-2.0 or GPLv3 with the font exception; what ./test.sh and
 the Dockerfile install), Noto Sans CJK (`fonts-noto-cjk`, SIL OFL 1.1), WenQuanYi Zen Hei, or any
-font fontconfig lists for Chinese; GLMFLASH_FONT names another file. Without one, Pillow's own
-font draws Latin labels and a Chinese label is replaced by its box number, so nothing shows as
-empty squares.
+font fontconfig lists for Chinese; `font=` (on the page, GLMFLASH_FONT) names another file.
+Without one, Pillow's own font draws Latin labels and a Chinese label is replaced by its box
+number, so nothing shows as empty squares.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -36,10 +35,10 @@ CANDIDATES = (
 PROBE = "Aa9猫图"  # glyphs the font must have: Latin and Chinese (a "fallback" font may lack Latin)
 
 
-@functools.lru_cache(maxsize=1)
-def cjk_font_path() -> str | None:
-    """A font file on this machine that holds Chinese glyphs, or None."""
-    named = os.environ.get("GLMFLASH_FONT", "").strip()
+@functools.lru_cache(maxsize=4)
+def cjk_font_path(named: str = "") -> str | None:
+    """A font file on this machine that holds Chinese glyphs (`named` first), or None."""
+    named = named.strip()
     listed = _fontconfig_chinese()
     for path in ([named] if named else []) + list(CANDIDATES) + listed:
         if path and Path(path).is_file() and _has_glyphs(path):
@@ -72,22 +71,25 @@ def _has_glyphs(path: str) -> bool:
     return all(ord(c) in charmap for c in PROBE)
 
 
-def _font(size: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
-    path = cjk_font_path()
+def _font(size: int, named: str = "") -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, bool]:
+    path = cjk_font_path(named)
     if path:
         return ImageFont.truetype(path, size), True
     return ImageFont.load_default(size), False
 
 
-def draw_boxes(image: Image.Image, boxes: Sequence[Box], *, width: int | None = None) -> Image.Image:
-    """A copy of `image` (the original, EXIF-oriented) with each box drawn and labelled."""
+def draw_boxes(
+    image: Image.Image, boxes: Sequence[Box], *, width: int | None = None, font: str = ""
+) -> Image.Image:
+    """A copy of `image` (the original, EXIF-oriented) with each box drawn and labelled. `font`:
+    a font file to try before the ones looked for."""
     from PIL import ImageOps
 
     picture = ImageOps.exif_transpose(image).convert("RGB")
     draw = ImageDraw.Draw(picture)
     side = min(picture.size)
     line = width or max(2, side // 200)
-    font, cjk = _font(max(12, side // 30))
+    font_face, cjk = _font(max(12, side // 30), font)
     for number, box in enumerate(boxes, 1):
         colour = COLOURS[(number - 1) % len(COLOURS)]
         x1, y1, x2, y2 = box.pixels or _scaled(box, picture.size)
@@ -97,11 +99,11 @@ def draw_boxes(image: Image.Image, boxes: Sequence[Box], *, width: int | None = 
         else:
             draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
         text = box.label if box.label and (cjk or box.label.isascii()) else str(number)
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font_face)
         tag_h = bottom - top + 2 * line
         ty = y1 - tag_h if y1 - tag_h >= 0 else y1
         draw.rectangle([x1, ty, x1 + right - left + 2 * line, ty + tag_h], fill=colour)
-        draw.text((x1 + line - left, ty + line - top), text, fill="white", font=font)
+        draw.text((x1 + line - left, ty + line - top), text, fill="white", font=font_face)
     return picture
 
 

@@ -100,7 +100,7 @@ def build_demo(engine, settings) -> gr.Blocks:
         history = [*history, turn, {"role": "assistant", "content": answer}]
         figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, system, gen, settings, model)
-        drawn = _drawn_boxes(final, sent, t)
+        drawn = _drawn_boxes(final, sent, t, settings.server.font)
         done = _chat(shown, reasoning, answer, t, pending=False) + drawn
         yield done, done, history, figures, api, None
 
@@ -250,7 +250,7 @@ def _chat(shown, reasoning, answer, t, *, pending: bool):
     return out
 
 
-def _drawn_boxes(final, images: list[bytes], t) -> list[dict]:
+def _drawn_boxes(final, images: list[bytes], t, font: str = "") -> list[dict]:
     """When the answer has boxes: the picture they belong to with them drawn and labelled, and
     each box's pixel coordinates in the original image, as chat messages after the answer."""
     if final is None or not final.boxes or not images:
@@ -264,7 +264,7 @@ def _drawn_boxes(final, images: list[bytes], t) -> list[dict]:
 
     index = final.boxes[0].image
     with Image.open(io.BytesIO(images[min(index, len(images) - 1)])) as original:
-        picture = draw_boxes(original, final.boxes)
+        picture = draw_boxes(original, final.boxes, font=font)
     with tempfile.NamedTemporaryFile(prefix="glmflash-boxes-", suffix=".png", delete=False) as f:
         picture.save(f, "PNG")
     rows = "\n".join(
