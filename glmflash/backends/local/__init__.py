@@ -1,8 +1,7 @@
-"""The local engine: loading the model (load.py), the decode loop where requests join and leave
-per token (scheduler.py, with prefill.py, rows.py and slots.py: its KV cache of fixed slots and
-its decode step, eager or compiled; decoding.py: the compiled step's warm-up) and grammar masks
-(grammar.py). Importing this package imports no
-torch; its modules do.
+"""The local engine: the registry's opener (backend.py), where the model comes from and how it
+is placed and loaded (load.py), the tiny demo model (tiny.py), LoRA adapters chosen per request
+(adapters.py), and the engine with its decode loop (engine.py, scheduler.py and the modules
+beside them). Importing this package imports no torch; its modules do.
 """
 
 from ..registry import register
