@@ -1,6 +1,8 @@
 """The package's import graph: no cycles between modules or between packages, and no arrow from a
 lower layer up to a higher one. Every glmflash-internal import counts, those inside functions too
-(a lazy import is still a dependency). `python tests/test_imports.py` prints the graph's faults.
+(a lazy import is still a dependency). Also: only the adapters import fastapi, gradio and the
+like, and only config.py reads GLMFLASH_* variables. `python tests/test_imports.py` prints the
+faults.
 """
 
 from __future__ import annotations
@@ -140,6 +142,31 @@ def test_no_lower_layer_imports_a_higher_one():
     assert upward(graph()) == []
 
 
+ADAPTER_LIBRARIES = ("fastapi", "starlette", "gradio", "uvicorn", "ipywidgets")
+
+
+def adapter_imports() -> list[str]:
+    """Where a module below the adapters' layer imports the HTTP server's or the page's libraries
+    (the core does not know its adapters)."""
+    found = []
+    for name, path in modules().items():
+        if layer(name) == len(LAYERS) - 1:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                roots = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            found += [f"{name} -> {root}" for root in roots if root in ADAPTER_LIBRARIES]
+    return sorted(found)
+
+
+def test_the_core_does_not_import_the_adapters_libraries():
+    assert adapter_imports() == []
+
+
 def environment_reads() -> list[str]:
     """Where a module other than config.py reads a GLMFLASH_* variable (os.environ, getenv)."""
     found = []
@@ -180,3 +207,5 @@ if __name__ == "__main__":
         print("upward:", arrow)
     for place in environment_reads():
         print("GLMFLASH_ read outside config.py:", place)
+    for arrow in adapter_imports():
+        print("core imports an adapter library:", arrow)
