@@ -78,8 +78,8 @@ def test_named_checkpoint_offline_is_an_error_not_a_fallback(tmp_path, monkeypat
     module = sys.modules[
         "glmflash.backends.local.load"
     ]  # the module, not the load() function of the same name
-    monkeypatch.setattr(module, "_cached_snapshot", lambda repo: None)
-    monkeypatch.setattr(module, "_hub_status", lambda repo: (False, False))
+    monkeypatch.setattr(module, "cached_snapshot", lambda repo: None)
+    monkeypatch.setattr(module, "hub_status", lambda repo: (False, False))
     with pytest.raises(ModelNotFoundError, match=r"hf download zai-org/GLM-4.6V-Flash.*GLMFLASH_MODEL"):
         glmflash.load("zai-org/GLM-4.6V-Flash", settings=Settings.build(cache_dir=str(tmp_path)))
 
@@ -124,7 +124,7 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     """A model in the Hugging Face cache layout loads offline through the real resolution code."""
     import shutil
 
-    from glmflash.backends.local.load import _cached_snapshot
+    from glmflash.backends.local.load import cached_snapshot
     from glmflash.backends.local.tiny import ensure_tiny_model
 
     snapshot = tmp_path / "hub" / "models--org--fake" / "snapshots" / "abc123"
@@ -135,7 +135,7 @@ def test_cached_checkpoint_is_found_without_the_hub(tmp_path, cache_dir, monkeyp
     import huggingface_hub._snapshot_download as sd
 
     monkeypatch.setattr(sd.constants, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
-    found = _cached_snapshot("org/fake")
+    found = cached_snapshot("org/fake")
     assert found == str(snapshot)
 
 

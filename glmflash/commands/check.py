@@ -144,7 +144,7 @@ def _compile(settings: Settings) -> tuple[str, str]:
 def _model(settings: Settings) -> Finding:
     from huggingface_hub import constants
 
-    from ..backends.local.load import _cached_snapshot, _hub_status
+    from ..backends.local.load import cached_snapshot, hub_status
 
     model = settings.model.name
     if model == "tiny":
@@ -156,13 +156,13 @@ def _model(settings: Settings) -> Finding:
     if model.startswith(("/", ".", "~")):
         return Finding("fail", "model", f"folder {model} does not exist")
     repo = DEFAULT_MODEL if model == "auto" else model
-    cached = _cached_snapshot(repo)
+    cached = cached_snapshot(repo)
     if cached:
         return Finding("ok", "model", f"{repo} is in the local cache ({cached})")
     cache = Path(constants.HF_HUB_CACHE)
     existing = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(existing).free
-    reachable, missing = _hub_status(repo)
+    reachable, missing = hub_status(repo)
     if missing:
         return Finding("fail", "model", f"there is no model {repo!r} on the Hugging Face hub")
     if not reachable:

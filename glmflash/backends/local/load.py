@@ -78,10 +78,10 @@ def resolve_checkpoint(model: str, settings: EngineSettings) -> Checkpoint:
             f"holding the checkpoint, or to a hub id such as {DEFAULT_MODEL}."
         )
     repo = DEFAULT_MODEL if model == "auto" else model
-    cached = _cached_snapshot(repo)
+    cached = cached_snapshot(repo)
     if cached:
         return Checkpoint(cached, repo, False)
-    reachable, missing = _hub_status(repo)
+    reachable, missing = hub_status(repo)
     if reachable and not missing:
         log.info("%s is not in the local cache: downloading it (about 20 GB for GLM-4.6V-Flash)", repo)
         return Checkpoint(repo, repo, False)
@@ -97,7 +97,8 @@ def resolve_checkpoint(model: str, settings: EngineSettings) -> Checkpoint:
     )
 
 
-def _cached_snapshot(repo: str) -> str | None:
+def cached_snapshot(repo: str) -> str | None:
+    """The folder of `repo`'s complete snapshot in the hub cache (config and weights), or None."""
     from huggingface_hub import snapshot_download
 
     try:
@@ -108,7 +109,7 @@ def _cached_snapshot(repo: str) -> str | None:
     return str(path) if (path / "config.json").is_file() and has_weights else None
 
 
-def _hub_status(repo: str) -> tuple[bool, bool]:
+def hub_status(repo: str) -> tuple[bool, bool]:
     """(hub reachable, repo missing there). Offline mode counts as unreachable."""
     from huggingface_hub import HfApi, is_offline_mode
     from huggingface_hub.errors import RepositoryNotFoundError
