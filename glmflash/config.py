@@ -74,6 +74,7 @@ class BatchSettings:
     max_batch_size: int = 8  # requests decoded together, each joining at the next token (1: one at a time)
     kv_cache_mb: int = 0  # KV cache budget for all rows; 0: 40% of free GPU memory / 25% of free RAM
     prefill_chunk: int = 2048  # prompt tokens prefilled between two decode steps of the running rows
+    prefix_cache_mb: int = 512  # recent prompts' KV and images' features kept for reuse; 0: off
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ FINISH_REASONS = ("stop", "length", "cancelled")
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts. Image tokens are part of the prompt, reasoning tokens part of the completion."""
+    """Token counts. Image tokens are part of the prompt, reasoning tokens part of the completion;
+    cached tokens are prompt tokens whose keys and values a recent request had computed."""
 
     prompt_tokens: int
     image_tokens: int
     completion_tokens: int
     reasoning_tokens: int
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -29,6 +29,13 @@ class Metrics:
         )
         self.tokens_in = Counter("glmflash_prompt_tokens", "Prompt tokens (images included)", registry=r)
         self.tokens_out = Counter("glmflash_completion_tokens", "Generated tokens", registry=r)
+        self.tokens_cached = Counter(
+            "glmflash_cached_prompt_tokens", "Prompt tokens whose KV a recent request made", registry=r
+        )
+        self.hit_rate = Gauge(
+            "glmflash_prefix_cache_hit_rate", "Share of prompt tokens reused (prefix cache)", registry=r
+        )
+        self.hit_rate.set_function(self._hit_rate)
         self.images = Counter("glmflash_images", "Images received", registry=r)
         self.queue_depth = Gauge(
             "glmflash_queue_depth", "Chat requests admitted and not finished", registry=r
@@ -36,8 +43,13 @@ class Metrics:
         self.gpu_memory = Gauge("glmflash_gpu_memory_bytes", "GPU memory allocated by torch", registry=r)
         self.gpu_memory.set_function(lambda: _allocated(engine))
 
+    def _hit_rate(self) -> float:
+        prompt = self.tokens_in._value.get()
+        return self.tokens_cached._value.get() / prompt if prompt else 0.0
+
     def observe(self, usage, timings, images: int) -> None:
         self.tokens_in.inc(usage.prompt_tokens)
+        self.tokens_cached.inc(getattr(usage, "cached_tokens", 0))
         self.tokens_out.inc(usage.completion_tokens)
         self.images.inc(images)
         self.ttft.observe(timings.ttft_s)

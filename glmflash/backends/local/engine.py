@@ -28,6 +28,7 @@ from ...text.stage import FAMILY_CONTROL_TOKENS, Detokenizer, TextStage
 from ...text.thinking import THINK_CLOSE, THINK_OPEN
 from .decoding import warm_up
 from .load import stop_token_ids
+from .reuse import image_hash
 from .rows import RowRequest
 from .scheduler import Scheduler, slot_tokens
 
@@ -154,14 +155,18 @@ class Engine(EngineBase):
             tokenize=False,
             add_generation_prompt=True,
             enable_thinking=request.options.thinking,
+            tools=request.template_tools(),
         )
 
     def _grammar(self, request: Request, prompt: str):
-        """The compiled JSON grammar for a response_format, or None."""
-        if request.schema is None:
+        """The compiled grammar for a response_format or for tool calls, or None."""
+        tools = request.template_tools() and request.tools
+        if request.schema is None and not tools:
             return None
         opened = prompt.rstrip().endswith(THINK_OPEN)
         thinking = "off" if not request.options.thinking else "opened" if opened else "model-opens"
+        if tools:
+            return self._constraints().compile_tools(tools, thinking=thinking)
         return self._constraints().compile(request.schema, thinking=thinking)
 
     def _tensors(self, prompt: str, images: list) -> dict:
@@ -229,6 +234,7 @@ class Engine(EngineBase):
                 router=self.router,
                 slot_tokens=self._slots_now(),
                 compiled=self.compiled,
+                prefix_cache_mb=self.settings.batching.prefix_cache_mb,
             )
             return self._batch
 
@@ -256,16 +262,18 @@ class Engine(EngineBase):
         options = request.options.resolved(self.defaults)
         opened = prompt.rstrip().endswith(THINK_OPEN)
         stage = TextStage(start_in_reasoning=opened, control_tokens=self.control_tokens, stops=options.stop)
+        stage = request.text_stage(stage, start_in_reasoning=opened)
         halt = threading.Event()  # set when the answer reached a stop string: the row ends there
         if stop.is_set():  # cancelled before it was read: no prefill for nobody
             yield Chunk(finish_reason="cancelled", usage=Usage(0, 0, 0, 0), timings=Timings(0.0, 0.0, 0.0))
             return
         detokenizer = Detokenizer(self.tokenizer, self.stop_ids)
-        clock, reasoning_tokens, last_token = Clock(), 0, None
+        clock, reasoning_tokens, last_token, row = Clock(), 0, None, None
         made = {}
 
         def inputs():
             made.update(self._tensors(prompt, request.images))
+            made["image_hashes"] = [image_hash(image) for image in request.images]  # for reuse
             self._check_context(made["input_ids"].shape[1], options.max_new_tokens)
             return made
 
@@ -312,5 +320,6 @@ class Engine(EngineBase):
         prompt_ids = made.get("input_ids")  # none when cancelled before its batch began
         prompt_tokens = 0 if prompt_ids is None else int(prompt_ids.shape[1])
         image_tokens = 0 if prompt_ids is None else int((prompt_ids == self.image_token_id).sum())
-        usage = Usage(prompt_tokens, image_tokens, clock.count, reasoning_tokens)
+        cached = row.reused.get("cached_tokens", 0) if row is not None else 0
+        usage = Usage(prompt_tokens, image_tokens, clock.count, reasoning_tokens, cached)
         yield closing(request, stage, clock, finish=finish, usage=usage)

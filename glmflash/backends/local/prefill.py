@@ -7,15 +7,20 @@ joins as it is. A request longer than a chunk is prefilled alone, a chunk per tu
 
 Each row's rotary positions come from the model's own rule (get_rope_index: three streams per
 token, image tokens laid out by their grid), and so does the offset its answer continues with.
+A request prefilled alone whose prompt starts with what a recent row held (reuse.py) starts with
+those keys and values in its cache and prefills only the rest, at the positions the whole prompt
+gives it; images seen recently take their cached features instead of the vision encoder's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import DynamicCache
 
+from .reuse import Reuse, encode, image_keys
 from .rows import Row
 
 
@@ -38,15 +43,23 @@ class Prefill:
         return self.embeds.shape[1]
 
 
-def group(rows: list[Row], model, pad_id: int, steps: int) -> Prefill:
-    """Embed and place the rows' prompts (their inputs made) as one group."""
+def group(rows: list[Row], model, pad_id: int, steps: int, reuse: Reuse | None = None) -> Prefill:
+    """Embed and place the rows' prompts (their inputs made) as one group; a row alone starts
+    from its longest cached prefix."""
     inputs = collate([dict(row.inputs) for row in rows], pad_id)
-    embeds = embed(model, inputs)
+    embeds = embed(model, inputs, reuse)
     positions, offsets = rotary_positions(model, inputs)
     mask = inputs.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(inputs["input_ids"])
-    return Prefill(rows, embeds, positions, mask, offsets, new_cache(model), steps)
+    cache, done = new_cache(model), 0
+    if reuse is not None and len(rows) == 1:
+        done, prefix = reuse.find(inputs["input_ids"][0], image_keys(inputs), rows[0].adapter)
+        if prefix is not None:
+            for layer, (keys, values) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
+                cache.update(keys[None, :, :done], values[None, :, :done], layer)
+        rows[0].reused["cached_tokens"] = done
+    return Prefill(rows, embeds, positions, mask, offsets, cache, steps, done=done)
 
 
 def collate(inputs: list[dict], pad_id: int) -> dict:
@@ -54,7 +67,7 @@ def collate(inputs: list[dict], pad_id: int) -> dict:
     if len(inputs) == 1:
         return inputs[0]
     width = max(x["input_ids"].shape[1] for x in inputs)
-    batch = {}
+    batch: dict[str, Any] = {}
     for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
         if name not in inputs[0]:
             continue
@@ -66,18 +79,21 @@ def collate(inputs: list[dict], pad_id: int) -> dict:
         parts = [x[name] for x in inputs if name in x]
         if parts:
             batch[name] = torch.cat(parts)
+    if all("image_hashes" in x for x in inputs):
+        batch["image_hashes"] = [h for x in inputs for h in x["image_hashes"]]
     return batch
 
 
-def embed(model, inputs: dict) -> torch.Tensor:
+def embed(model, inputs: dict, reuse: Reuse | None = None) -> torch.Tensor:
     """Input embeddings with each image's features in its placeholder tokens."""
     ids = inputs["input_ids"]
     embeds = model.get_input_embeddings()(ids)
     if inputs.get("pixel_values") is not None:
-        features = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-        features = getattr(features, "pooler_output", features)
-        if isinstance(features, list | tuple):
-            features = torch.cat(list(features))
+        pixels, grids = inputs["pixel_values"], inputs["image_grid_thw"]
+        if reuse is not None:
+            features = reuse.image_features(model, pixels, grids, image_keys(inputs))
+        else:
+            features = encode(model, pixels, grids)
         embeds[ids == model.config.image_token_id] = features.to(embeds.device, embeds.dtype)
     return embeds
 

@@ -41,6 +41,7 @@ class RowRequest:
     template: object = None  # its compiled JSON grammar, or None
     thinking_open: bool = False  # the prompt itself opened <think>
     adapter: str | None = None  # the LoRA adapter it takes (None: the base model)
+    reused: dict = field(default_factory=dict)  # the loop says here what it reused (cached_tokens)
 
     @property
     def seed(self) -> int | None:

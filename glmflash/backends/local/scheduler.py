@@ -37,12 +37,13 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from . import decoding  # noqa: F401  (quiets the cache keyword's rename warning)
 from .prefill import Prefill, group
+from .reuse import Reuse, image_keys
 from .rows import Line, Row, RowSampler, describe, pick, remember
 from .slots import Decoder, Slots
 
@@ -85,6 +86,7 @@ class _Live:
     start: int = 0  # where its prompt begins in its prefill's cache (until it joins)
     column: int = 0  # its slot's column its next input token's key and value go to
     last: int = 0  # its newest token, the next step's input
+    fed: list[int] = field(default_factory=list)  # its tokens given to the model after the prompt
 
     def history(self) -> torch.Tensor | None:
         """What its sampler reads of the tokens so far: the prompt at its first pick (the
@@ -111,6 +113,7 @@ class Scheduler(Line):
         router=None,
         slot_tokens: int,
         compiled: bool = False,
+        prefix_cache_mb: int = 0,
     ):
         self.model, self.stop_ids, self.pad_id = model, set(stop_ids), pad_id
         self.router = router
@@ -124,6 +127,7 @@ class Scheduler(Line):
         self.taken: list[Row] = []  # rows taken from `waiting`, their inputs being made
         self.cache = Slots(model, self.slots, slot_tokens)  # the running rows' keys and values
         self.decoder = Decoder(model, self.cache, pad_id, compiled=compiled)
+        self.reuse = Reuse(prefix_cache_mb, model.config.image_token_id)
         self._sizes: list[int] = []  # per busy spell: the most rows that decoded together
         self.prefills: list[tuple[int, int, int]] = []  # per prefill: rows, chunks, steps meanwhile
         self.steps = 0  # decode steps run
@@ -258,7 +262,7 @@ class Scheduler(Line):
             chosen.append(row)
             longest = max(longest, length)
         if chosen:
-            self.filling = group(chosen, self.model, self.pad_id, self.steps)
+            self.filling = group(chosen, self.model, self.pad_id, self.steps, self.reuse)
 
     def _fill(self) -> list[_Live] | None:
         """Prefill the next chunk; after the last one each row picks its first token, and the
@@ -310,8 +314,9 @@ class Scheduler(Line):
         """Rows that ended or were cancelled leave now; the rows after them move up a slot, so
         the running rows keep slots 0..n-1."""
         keep = []
-        for live in self.live:
+        for slot, live in enumerate(self.live):
             if live.row.finished():
+                self._keep(slot, live)
                 live.row.end()
             else:
                 keep.append(live)
@@ -326,6 +331,20 @@ class Scheduler(Line):
                 self.cache.move(old, slot, live.column)
         self.live = keep
 
+    def _keep(self, slot: int, live: _Live) -> None:
+        """Offer a leaving row's keys and values (prompt and answer) for prefix reuse; a failure
+        here costs only the reuse."""
+        if not self.reuse.on:
+            return
+        try:
+            ids = torch.cat([live.prompt[0].cpu(), torch.tensor(live.fed, dtype=live.prompt.dtype)])
+            n = live.column
+            keys = [layer[slot, :, :n] for layer in self.cache.keys]
+            values = [layer[slot, :, :n] for layer in self.cache.values]
+            self.reuse.keep(live.row.adapter, ids[:n], image_keys(live.row.inputs), keys, values)
+        except Exception as exc:  # memory, say: the next request prefills in full
+            log.warning("prefix reuse: not kept (%s)", describe(exc))
+
     def _step(self) -> None:
         """One token for every running row."""
         lives = self.live
@@ -334,6 +353,7 @@ class Scheduler(Line):
             logits = self.decoder.step(ids, positions, [live.column for live in lives])
         self.steps += 1
         for live in lives:
+            live.fed.append(live.last)
             live.position += 1
             live.column += 1
         self._pick(lives, logits)
