@@ -268,8 +268,8 @@ def throughput_from_bench(path: str) -> float:
         raise InvalidRequestError(f"Cannot read the benchmark file {path}: {exc}", param="bench") from None
     if isinstance(data.get("images_per_s"), (int, float)):
         return float(data["images_per_s"])
-    levels = [lv.get("requests_per_s") for lv in data.get("levels", []) if isinstance(lv, dict)]
-    levels = [v for v in levels if isinstance(v, (int, float)) and v > 0]
+    found = [lv.get("requests_per_s") for lv in data.get("levels", []) if isinstance(lv, dict)]
+    levels = [float(v) for v in found if isinstance(v, (int, float)) and v > 0]
     if not levels:
         raise InvalidRequestError(f"{path} has no images_per_s or levels[].requests_per_s.", param="bench")
     return float(max(levels))

@@ -36,7 +36,7 @@ def fetch_url(url: str, *, max_bytes: int, timeout: float, allowed_networks: tup
         address = resolve_public(parts.hostname, port, trusted)
         conn = _connection(parts.scheme, parts.hostname, address, port, _left(deadline))
         # A server trickling bytes never trips a per-read timeout: a watchdog enforces the total.
-        sockets = []
+        sockets: list = []
         watchdog = threading.Timer(_left(deadline), _abort, args=(sockets,))
         watchdog.daemon = True
         watchdog.start()
@@ -74,7 +74,7 @@ def resolve_public(host: str, port: int, trusted=()) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, ValueError):
         raise ImageError(f"Cannot resolve the image URL's host {host[:80]!r}.") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         ip = _effective(ipaddress.ip_address(address.split("%")[0]))
         if any(ip in net for net in trusted):
@@ -130,7 +130,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 def _read_limited(response, max_bytes: int, deadline: float) -> bytes:
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         if time.monotonic() > deadline:
             raise ImageError("Fetching the image URL took too long.")

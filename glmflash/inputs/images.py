@@ -217,7 +217,8 @@ def _prepare(image: Image.Image, policy: ImagePolicy) -> Image.Image:
 
 def original_size(image: Image.Image) -> tuple[int, int]:
     """The size an image had after EXIF orientation, before the downscale to the budget."""
-    return tuple(image.info.get(ORIGINAL_SIZE, image.size))  # type: ignore[return-value]
+    width, height = image.info.get(ORIGINAL_SIZE, image.size)
+    return int(width), int(height)
 
 
 def _check_aspect(width: int, height: int) -> None:

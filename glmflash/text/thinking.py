@@ -67,7 +67,7 @@ class ThinkingSplitter:
         best, found = len(self._buffer), None
         for marker in self._markers:
             index = self._buffer.find(marker)
-            if index != -1 and (index < best or (index == best and len(marker) > len(found))):
+            if index != -1 and (index < best or (index == best and len(marker) > len(found or ""))):
                 best, found = index, marker
         return best, found
 
