@@ -42,7 +42,7 @@ def test_compiled_decoding_gives_the_eager_tokens_alone_and_batched(engine, comp
         assert [r.usage.completion_tokens for r in batched] == [r.usage.completion_tokens for r in eager]
     assert max(compiled._batch.sizes) > 1  # they did share batches
     decoder = compiled._batch.decoder
-    assert decoder.compiled and {rows for rows, _ in decoder.shapes} <= {1, 2, 4, 8}  # bucketed
+    assert decoder.compiled and not decoder.buckets  # on the CPU: symbolic shapes, exact sizes
     # min_new_tokens and a stop mid-answer still hold per row with the larger, bucketed cache
     reply = compiled.chat(MIXED[3][0], max_new_tokens=9, min_new_tokens=9, temperature=0, thinking=False)
     assert reply.usage.completion_tokens == 9 and reply.finish_reason == "length"

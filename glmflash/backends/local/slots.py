@@ -7,9 +7,10 @@ The running rows sit in slots 0..n-1 (a row that leaves has its place taken by t
 slot's columns copied). A slot holds at most `tokens` columns (scheduler.slot_tokens, within the
 KV budget); the tensors grow by doubling up to that as rows need more, so a small model's cache
 is small. A step attends over a window of columns (a bucket above the longest row's), each row
-masked to its own. Compiled, the step's shapes are bucketed (rows: a power of two up to the
-slots; window: powers of two from MIN_WINDOW) so that few shapes compile; on CUDA the compiled
-step is replayed as CUDA graphs (torch.compile's reduce-overhead mode), one per shape.
+masked to its own. Compiled on the CPU, the step's shapes are symbolic (one compilation serves
+every row count and window); on CUDA it is replayed as CUDA graphs (torch.compile's
+reduce-overhead mode), one per shape, so its shapes are bucketed (rows: a power of two up to the
+slots; window: powers of two from MIN_WINDOW).
 """
 
 from __future__ import annotations
@@ -126,15 +127,16 @@ class Decoder:
         self.model, self.slots, self.pad_id, self.compiled = model, slots, pad_id, compiled
         self.shapes: set[tuple[int, int]] = set()  # (rows, window) stepped, for tests and warm-up
         self._step = _decode
+        # CUDA graphs replay fixed shapes: there the rows and the window come in buckets, one graph
+        # each; on the CPU the shapes are symbolic from the start, so exact sizes cost no compiling
+        self.buckets = compiled and slots.device.type == "cuda"
         if compiled:
-            on_gpu = slots.device.type == "cuda"
-            # reduce-overhead = CUDA graphs; on the CPU plain inductor code (no graphs to replay)
-            # shapes turn symbolic once a second window or row count comes: one compilation serves all
-            self._step = torch.compile(_decode, mode="reduce-overhead" if on_gpu else "default")
+            mode = "reduce-overhead" if self.buckets else "default"
+            self._step = torch.compile(_decode, mode=mode, dynamic=None if self.buckets else True)
 
     def rows(self, running: int) -> int:
-        """The batch a step runs for `running` rows: bucketed when compiled."""
-        if not self.compiled:
+        """The batch a step runs for `running` rows: bucketed for CUDA graphs."""
+        if not self.buckets:
             return running
         return min(self.slots.slots, bucket(running, self.slots.slots, start=1))
 
@@ -146,7 +148,7 @@ class Decoder:
         spare = rows - running  # slots beyond the running rows are free: write there, ignore them
         longest = max(columns) + 1
         self.slots.reserve(longest)
-        window = bucket(longest, self.slots.columns) if self.compiled else longest
+        window = bucket(longest, self.slots.columns) if self.buckets else longest
         self.shapes.add((rows, window))
         ids_t = torch.tensor([*ids, *[self.pad_id] * spare], device=device)[:, None]
         where = torch.tensor([*positions, *[0] * spare], device=device)[None, :, None].expand(3, -1, -1)
