@@ -1,7 +1,7 @@
 """The request pipeline both engines share: `prepare` checks everything before any generation
-(options, response format, messages, images), and `closing` builds the last chunk (finish reason,
-usage, timings with one definition, the validated JSON answer). Between them each backend produces
-text that goes through text.stage.TextStage.
+(options, response format, tools, messages, images), and `closing` builds the last chunk (finish
+reason, usage, timings with one definition, the validated JSON answer, the tool calls). Between
+them each backend produces text that goes through text.stage.TextStage.
 
 Timings mean the same on every engine: time to first token counts from the call (validation and
 image decoding included) to the first generated token; tokens/s is (generated tokens - 1) over the
@@ -15,19 +15,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import RequestLimits
-from .text.boxes import find_boxes
+from .errors import InvalidRequestError
 from .inputs.images import ImagePolicy, load_images, original_size
-from .inputs.messages import to_conversation
+from .inputs.messages import neutralize_all, to_conversation
 from .options import GenerationOptions
 from .replies import Chunk, Timings, Usage
+from .text.boxes import find_boxes
 from .text.stage import TextStage
 from .text.structured import requested_schema, validate_answer
+from .text.tools import ToolSpec, ToolStage, requested_tools
 
 
 @dataclass
 class Request:
     """One checked request: the conversation for the chat template, its decoded images in order,
-    the generation options and the JSON Schema its answer must match (or None)."""
+    the generation options, the JSON Schema its answer must match (or None) and its tools."""
 
     conversation: list[dict]
     images: list
@@ -35,6 +37,20 @@ class Request:
     schema: dict | None
     response_format: dict | None
     started: float
+    tools: ToolSpec | None = None  # None: no tools offered
+    listed_tools: list[dict] | None = None  # for the template's tools block: control text neutralised
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools for the chat template's tools block (none with tool_choice "none")."""
+        if self.tools is None or self.tools.choice == "none":
+            return None
+        return self.listed_tools
+
+    def text_stage(self, stage: TextStage, *, start_in_reasoning: bool = False):
+        """`stage`, or with tools on offer the stage that keeps calls out of the answer."""
+        if self.tools is None or self.tools.choice == "none":
+            return stage
+        return ToolStage(stage, self.tools, start_in_reasoning=start_in_reasoning)
 
 
 def prepare(
@@ -50,6 +66,14 @@ def prepare(
     gen = dict(gen)
     response_format = gen.pop("response_format", None)
     schema = requested_schema(response_format)
+    tools = requested_tools(
+        gen.pop("tools", None), gen.pop("tool_choice", None), gen.pop("parallel_tool_calls", None)
+    )
+    if tools is not None and tools.choice != "none" and schema is not None:
+        raise InvalidRequestError(
+            "response_format and tools cannot be combined: a tool's arguments follow its own schema.",
+            param="response_format",
+        )
     options = GenerationOptions.build(
         default_max_new_tokens=limits.max_new_tokens,
         max_new_tokens_limit=limits.max_new_tokens_limit,
@@ -61,7 +85,8 @@ def prepare(
         max_images=limits.max_images,
         control_tokens=control_tokens,
     )
-    return Request(conversation, images, options, schema, response_format, started)
+    listed = None if tools is None else neutralize_all(list(tools.tools), control_tokens)
+    return Request(conversation, images, options, schema, response_format, started, tools, listed)
 
 
 @dataclass
@@ -81,6 +106,9 @@ class Clock:
 
 def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, usage: Usage) -> Chunk:
     """The last chunk of a stream; raises OutputError when a JSON answer does not hold."""
+    calls = tuple(getattr(stage, "calls", ())) if finish != "cancelled" else ()
+    if calls and finish == "stop":
+        finish = "tool_calls"
     parsed = None
     if request.schema is not None and finish != "cancelled":
         parsed = validate_answer(
@@ -101,4 +129,5 @@ def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, us
         parsed=parsed,
         cut_in_reasoning=finish == "length" and stage.in_reasoning,
         boxes=boxes,
+        tool_calls=calls,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FINISH_REASONS = ("stop", "length", "cancelled")
+FINISH_REASONS = ("stop", "length", "cancelled", "tool_calls")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,22 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: OpenAI's id, the function's name, its arguments as JSON."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object, as OpenAI sends it
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One piece of a stream: text in one channel, or (last chunk only) the closing figures."""
 
@@ -46,6 +62,7 @@ class Chunk:
     parsed: Any = None  # last chunk, with a response_format: the validated JSON value
     cut_in_reasoning: bool = False  # last chunk: the budget ran out while the model was still thinking
     boxes: tuple = ()  # last chunk: the grounding.Box values found in the answer
+    tool_calls: tuple[ToolCall, ...] = ()  # last chunk: the calls made (finish_reason "tool_calls")
 
     @property
     def is_final(self) -> bool:
@@ -65,6 +82,7 @@ class Reply:
     parsed: Any = None  # with a response_format: the answer as a validated JSON value
     cut_in_reasoning: bool = False  # finish_reason "length" while still thinking: no answer yet
     boxes: tuple = ()  # grounding.Box: boxes and points in the answer, in pixels of the original image
+    tool_calls: tuple[ToolCall, ...] = ()  # the functions the model called (finish_reason "tool_calls")
 
     @classmethod
     def collect(cls, chunks) -> Reply:
@@ -90,6 +108,7 @@ class Reply:
             final.parsed,
             final.cut_in_reasoning,
             final.boxes,
+            final.tool_calls,
         )
 
 

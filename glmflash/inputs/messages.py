@@ -1,7 +1,9 @@
 """OpenAI-style chat messages -> the processor's conversation plus the decoded images, in order.
 
 Checks roles and content parts, counts images, and neutralises control-token text a user typed
-(so "<|assistant|>" in a question is read as text, not as a turn). No torch here.
+(so "<|assistant|>" in a question is read as text, not as a turn). Assistant messages may carry
+`tool_calls`, and `tool` messages answer them by `tool_call_id`, with text or images (the same
+guards as a user's). No torch here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import ImageError, InvalidRequestError
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 ZERO_WIDTH_SPACE = "\u200b"
 
 
@@ -28,6 +30,7 @@ def to_conversation(
         )
     tokens = sorted({t for t in control_tokens if len(t) > 1}, key=len, reverse=True)
     conversation, images = [], []
+    calls: dict[str, bool] = {}  # tool_call_id -> answered yet
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -35,11 +38,23 @@ def to_conversation(
         role = ROLES.get(message.get("role"))
         if role is None:
             raise InvalidRequestError(
-                f"{where}.role {message.get('role')!r} is not supported: use system, user or assistant.",
+                f"{where}.role {message.get('role')!r} is not supported: "
+                "use system, user, assistant or tool.",
                 param=f"{where}.role",
             )
-        if message.get("tool_calls") or message.get("function_call"):
-            raise InvalidRequestError("Tool calls are not supported.", param=f"{where}.tool_calls")
+        if message.get("function_call"):
+            raise InvalidRequestError(
+                "function_call is not supported: send tool_calls.", param=f"{where}.function_call"
+            )
+        extra: dict = {}
+        if message.get("tool_calls"):
+            if role != "assistant":
+                raise InvalidRequestError(
+                    f"Only assistant messages carry tool_calls ({where}).", param=f"{where}.tool_calls"
+                )
+            extra["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls", tokens, calls)
+        if role == "tool":
+            extra["tool_call_id"] = _answered(message.get("tool_call_id"), f"{where}.tool_call_id", calls)
         parts = []
         for j, part in enumerate(_parts(message.get("content"), where)):
             here = f"{where}.content[{j}]"
@@ -50,8 +65,10 @@ def to_conversation(
                 else:
                     parts.append({"type": "text", "text": part[1]})
                 continue
-            if role != "user":
-                raise InvalidRequestError(f"Images are only accepted in user messages ({here}).", param=here)
+            if role not in ("user", "tool"):
+                raise InvalidRequestError(
+                    f"Images are only accepted in user and tool messages ({here}).", param=here
+                )
             if len(images) >= max_images:
                 raise ImageError(
                     f"Too many images: at most {max_images} per request.", param=here, code="too_many_images"
@@ -72,12 +89,69 @@ def to_conversation(
         for part in parts:  # after merging: a token split over two parts is caught too
             if part["type"] == "text":
                 part["text"] = neutralize(part["text"], tokens)
-        conversation.append({"role": role, "content": parts})
+        conversation.append({"role": role, "content": parts, **extra})
     if not any(m["role"] == "user" for m in conversation):
         raise InvalidRequestError("messages need at least one user message.", param="messages")
-    if conversation[-1]["role"] != "user":
-        raise InvalidRequestError("The last message must be from the user.", param="messages")
+    if conversation[-1]["role"] not in ("user", "tool"):
+        raise InvalidRequestError(
+            "The last message must be from the user (or a tool's result).", param="messages"
+        )
     return conversation, images
+
+
+def _tool_calls(value, where: str, tokens: Sequence[str], calls: dict[str, bool]) -> list[dict]:
+    """An assistant message's OpenAI tool_calls as the template renders them: arguments as an
+    object, string values neutralised like any other text."""
+    from ..text.tools import render_arguments  # the text stage owns the call format
+
+    if not isinstance(value, list):
+        raise InvalidRequestError(f"{where} must be a list of calls.", param=where)
+    out = []
+    for k, call in enumerate(value):
+        here = f"{where}[{k}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        call_id = call.get("id") if isinstance(call, dict) else None
+        if not isinstance(name, str) or not name or not isinstance(call_id, str) or not call_id:
+            raise InvalidRequestError(
+                f'{here} must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}.',
+                param=here,
+            )
+        if call.get("type", "function") != "function":
+            raise InvalidRequestError(f"{here}.type must be 'function'.", param=f"{here}.type")
+        if call_id in calls:
+            raise InvalidRequestError(f"{here}.id {call_id!r} is used twice.", param=f"{here}.id")
+        calls[call_id] = False
+        arguments = render_arguments(function.get("arguments", "{}"), f"{here}.function.arguments")
+        arguments = {neutralize(str(key), tokens): neutralize_all(v, tokens) for key, v in arguments.items()}
+        out.append({"id": call_id, "type": "function",
+                    "function": {"name": neutralize(name, tokens), "arguments": arguments}})  # fmt: skip
+    return out
+
+
+def _answered(call_id, where: str, calls: dict[str, bool]) -> str:
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequestError(f"{where} must name the call this result answers.", param=where)
+    if call_id not in calls:
+        raise InvalidRequestError(
+            f"{where} {call_id!r} matches no tool call of an earlier assistant message.", param=where
+        )
+    if calls[call_id]:
+        raise InvalidRequestError(f"{where} {call_id!r} was already answered.", param=where)
+    calls[call_id] = True
+    return call_id
+
+
+def neutralize_all(value, tokens: Iterable[str]):
+    """Every string in a JSON value (keys too) neutralised (tool schemas, call arguments)."""
+    tokens = sorted({t for t in tokens if len(t) > 1}, key=len, reverse=True)
+    if isinstance(value, str):
+        return neutralize(value, tokens)
+    if isinstance(value, list):
+        return [neutralize_all(v, tokens) for v in value]
+    if isinstance(value, dict):
+        return {neutralize(str(k), tokens): neutralize_all(v, tokens) for k, v in value.items()}
+    return value
 
 
 def _parts(content, where: str) -> list[tuple[str, object]]:

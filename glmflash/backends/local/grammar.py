@@ -1,6 +1,7 @@
 """Grammar-constrained decoding for the local engine: the tokenizer wrapped for llguidance, compiled
-grammars (structured._grammar) cached per schema, and the logits processor that masks each row to
-what its grammar allows (with the digit-run cap that keeps numbers bounded).
+grammars (structured._grammar per schema, text.tool_grammar per tool spec) cached, and the logits
+processor that masks each row to what its grammar allows (with the digit-run cap that keeps
+numbers bounded).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import torch
 from transformers import LogitsProcessor
 
 from ...text.structured import MAX_DIGIT_RUN, SchemaError, _grammar
+from ...text.tool_grammar import ANSWER_TOKENS, tool_lark
+from ...text.tools import ARG_KEY, ARG_KEY_CLOSE, ARG_VALUE, ARG_VALUE_CLOSE, CALL_CLOSE, CALL_OPEN
+
+TOOL_MARKERS = (CALL_OPEN, CALL_CLOSE, ARG_KEY, ARG_KEY_CLOSE, ARG_VALUE, ARG_VALUE_CLOSE, *ANSWER_TOKENS)
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)
 
@@ -34,6 +39,8 @@ class Constraints:
                 self.digits[i] = len(text)
         # room_bits[k]: every token but the digit runs longer than k (k = digits left in a run)
         self.room_bits = [~_bits(self.digits > k) for k in range(int(self.digits.max()))]
+        vocab = tokenizer.get_vocab()
+        self.markers = frozenset(t for t in TOOL_MARKERS if t in vocab)  # tool markers that are one token
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -52,6 +59,27 @@ class Constraints:
             raise SchemaError(
                 f"response_format cannot be enforced: {matcher.get_error()}", param="response_format"
             )
+        return self._keep(key, matcher)
+
+    def compile_tools(self, spec, *, thinking: str):
+        """A matcher for a text.tools.ToolSpec's calls, or None where it cannot be held (`auto`
+        needs <tool_call> to be one token); cached per spec."""
+        import llguidance
+
+        if not spec.forced and CALL_OPEN not in self.markers:
+            return None
+        key = ("tools", spec.key(), thinking)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        lark = llguidance.LLMatcher.grammar_from_lark(tool_lark(spec, thinking=thinking, tokens=self.markers))
+        matcher = llguidance.LLMatcher(self.tokenizer, lark, log_level=0)
+        if matcher.is_error():
+            raise SchemaError(f"tools cannot be enforced: {matcher.get_error()}", param="tools")
+        return self._keep(key, matcher)
+
+    def _keep(self, key, matcher):
         with self._lock:
             self._cache[key] = matcher
             if len(self._cache) > self._cache_size:

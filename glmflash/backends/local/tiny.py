@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = 2  # bump when the recipe changes, so cached copies are rebuilt
+TINY_VERSION = 3  # bump when the recipe changes, so cached copies are rebuilt
 MARKER_FILE = "glmflash_tiny.json"
 TINY_ID = "glmflash/tiny"  # the model id of the tiny model loaded by name
 
@@ -61,13 +61,26 @@ _RENDER = (
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
 )
+# The family's tools block (docs/model-reference.md): after [gMASK]<sop>, a system turn listing
+# each tool as one JSON line, then the call format.
+_TOOLS = (
+    "{%- if tools -%}"
+    "{{ '<|system|>\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\\n' }}"
+    "{%- for tool in tools -%}{{ tool | tojson(ensure_ascii=False) }}{{ '\\n' }}{%- endfor -%}"
+    "{{ '</tools>\\n\\nFor each function call, output the function name and arguments within the "
+    "following XML format:\\n<tool_call>{function-name}\\n<arg_key>{arg-key-1}</arg_key>\\n"
+    "<arg_value>{arg-value-1}</arg_value>\\n<arg_key>{arg-key-2}</arg_key>\\n"
+    "<arg_value>{arg-value-2}</arg_value>\\n...\\n</tool_call>' }}"
+    "{%- endif -%}"
+)
 # The family's rules for history: a user turn gets "/nothink" when thinking is off (once); an
 # earlier assistant turn is rendered with an empty think block, its own reasoning dropped, and its
-# text stripped of surrounding whitespace (nothing at all after the think block when it is empty).
+# text stripped of surrounding whitespace (nothing at all after the think block when it is empty),
+# then its calls; consecutive tool results share one observation turn.
 _TURNS = (
     "{%- set no_think = enable_thinking is defined and not enable_thinking -%}"
-    "[gMASK]<sop>"
-    "{%- for message in messages -%}"
+    "[gMASK]<sop>" + _TOOLS + "{%- for message in messages -%}"
     "{%- set text = render(message['content']) -%}"
     "{%- if message['role'] == 'system' -%}{{ '<|system|>\\n' + text }}"
     "{%- elif message['role'] == 'user' -%}"
@@ -75,6 +88,16 @@ _TURNS = (
     "{%- elif message['role'] == 'assistant' -%}"
     "{%- if '</think>' in text -%}{%- set text = text.split('</think>')[-1] -%}{%- endif -%}"
     "{{ '<|assistant|>\\n<think></think>' + ('\\n' + text.strip() if text.strip() else '') }}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{{ '\\n<tool_call>' + call['function']['name'] + '\\n' }}"
+    "{%- for key, value in call['function']['arguments'].items() -%}"
+    "{{ '<arg_key>' + key + '</arg_key>\\n<arg_value>' }}"
+    "{{- value if value is string else value | tojson(ensure_ascii=False) }}{{ '</arg_value>\\n' }}"
+    "{%- endfor -%}{{ '</tool_call>' }}"
+    "{%- endfor -%}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}<|observation|>{%- endif -%}"
+    "{{ '\\n<tool_response>\\n' + text + '\\n</tool_response>' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )
