@@ -241,9 +241,9 @@ def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
         page.wait_for_selector("#model-choice input", timeout=60_000)
         page.locator("#thinking input").uncheck()
         page.locator("#advanced").click()
-        for box, value in (("#temperature", "0"), ("#max-tokens", "16")):
-            page.locator(f"{box} input[type=number]").fill(value)
-            page.locator(f"{box} input[type=number]").press("Tab")  # committed when it loses focus
+        for box, value in (("#temperature", "0"), ("#max-new-tokens", "16")):
+            page.locator(f"{box} :is(input, textarea)").fill(value)
+            page.locator(f"{box} :is(input, textarea)").press("Tab")  # committed when it loses focus
         page.wait_for_timeout(500)
         return page
 

@@ -117,8 +117,8 @@ def test_thinking_switch_reaches_the_request(page):
 
 def test_stop_frees_the_engine_within_a_second(page, engine):
     page.locator("#advanced").click()  # closed accordions are not rendered until opened
-    page.locator("#max-tokens input[type=number]").fill("4096")
-    page.locator("#max-tokens input[type=number]").press("Enter")
+    page.locator("#max-new-tokens :is(input, textarea)").fill("4096")
+    page.locator("#max-new-tokens :is(input, textarea)").press("Enter")
     ask(page, "Please write a very long answer.")
     wait_until(lambda: engine.busy, 30)
     page.wait_for_timeout(300)
@@ -278,6 +278,46 @@ def test_batch_stop_ends_the_run_and_frees_the_engine(page, engine, tmp_path):
     status = wait_for_status(page, "Stopped", timeout=10_000)
     assert "of 8 images" in status
     expect(page.locator("#batch-run")).to_be_enabled()
+
+
+def test_every_declared_option_has_a_control_and_reaches_the_request(page):
+    """The controls come from options.OPTIONS: each one is on the page, and a value set there is
+    in the request "Show API call" gives (seed and top k, which the page never had by hand)."""
+    from glmflash.options import OPTIONS
+
+    page.locator("#advanced").click()
+    page.wait_for_selector("#max-new-tokens", timeout=10_000)  # rendered once opened
+    for name in OPTIONS:
+        assert page.locator(f"#{name.replace('_', '-')}").count() == 1, name
+    for box, value in (("#seed", "7"), ("#top-k", "5"), ("#max-new-tokens", "8")):
+        page.locator(f"{box} :is(input, textarea)").fill(value)
+        page.locator(f"{box} :is(input, textarea)").press("Tab")
+    page.wait_for_timeout(300)
+    ask(page, "Which options?")
+    wait_for_figures(page)
+    call = api_call_text(page)
+    assert '"seed": 7' in call and '"top_k": 5' in call and '"max_tokens": 8' in call
+    page.locator("#seed :is(input, textarea)").fill("seven")
+    page.locator("#seed :is(input, textarea)").press("Tab")
+    ask(page, "And now?")
+    page.wait_for_selector("text=is not a number", timeout=10_000)  # a notice naming the box
+
+
+def test_an_answer_with_no_text_says_so(browser, cache_dir):
+    import glmflash
+    from tests.conftest import favour
+
+    quiet = glmflash.load("tiny", "fp32", "cpu", cache_dir=str(cache_dir))
+    favour(quiet, "<|user|>")  # a stop token first: the turn ends before any answer
+    with serving(quiet, max_new_tokens=16) as url:
+        page = browser.new_page(viewport={"width": 1200, "height": 1300})
+        page.goto(url)
+        page.wait_for_selector("#ask textarea", timeout=60_000)
+        page.locator("#thinking input").uncheck()
+        ask(page, "Anything?")
+        wait_for_figures(page)
+        assert "No answer text" in page.locator("#chat").inner_text()
+        page.close()
 
 
 def test_an_answer_cut_off_while_thinking_says_so(browser, cache_dir):

@@ -15,6 +15,7 @@ from ..models import served_models
 from ..options import OPTIONS, to_openai
 from . import uploads
 from .batch_tab import build_batch_tab
+from .controls import MAIN_ROW, control, generation
 from .cost_tab import build_cost_tab
 from .documents import chosen, preview, upload_path
 from .eval_tab import build_eval_tab
@@ -34,13 +35,11 @@ def build_demo(engine, settings) -> gr.Blocks:
     policy = ImagePolicy.from_limits(settings.limits, allow_local_files=False)
     stops: dict[str, threading.Event] = {}  # one stop switch per browser session
     info = engine.info
-    limit = settings.limits.max_new_tokens_limit
     engines = _by_model(engine, settings)  # the header's choices: model id -> engine answering so
 
     def respond(request: gr.Request, message, chat, history, system, pages, model, *values):
         """`chat`: the transcript as the server keeps it (a State): the client's Chatbot value is
         never read back, so no path a visitor writes into it reaches Gradio's file cache."""
-        gen = _generation(dict(zip(controls, values, strict=True)))
         answering = engines.get(model, engine)  # the header's choice
         text = (message or {}).get("text", "").strip()
         files = list((message or {}).get("files") or [])
@@ -49,6 +48,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             return
         stop = threading.Event()
         try:
+            gen = generation(dict(zip(controls, values, strict=True)), t)
             images = [image for f in files for image in chosen(_read_upload(f, policy), pages, policy)]
             turn = {
                 "role": "user",
@@ -101,7 +101,8 @@ def build_demo(engine, settings) -> gr.Blocks:
         figures = _figures(final, t, engine.memory())
         api = _api_call(files, text, system, gen, settings, model)
         drawn = _drawn_boxes(final, sent, t, settings.server.font)
-        done = _chat(shown, reasoning, answer, t, pending=False) + drawn
+        finish = final.finish_reason if final is not None else None
+        done = _chat(shown, reasoning, answer, t, pending=False, finish=finish) + drawn
         yield done, done, history, figures, api, None
 
     def stop_generation(request: gr.Request):
@@ -135,7 +136,7 @@ def build_demo(engine, settings) -> gr.Blocks:
             )  # fmt: skip
             controls: dict[str, gr.components.Component] = {}  # generation options, by library name
             with gr.Row():
-                controls["thinking"] = gr.Checkbox(value=True, label=t["thinking"], elem_id="thinking")
+                controls.update((name, control(name, t, settings.limits)) for name in MAIN_ROW)
                 retry = gr.Button(t["retry"], size="sm", elem_id="retry")
                 new_chat = gr.Button(t["new_chat"], size="sm", elem_id="new-chat")
             pdf_preview = gr.Gallery(
@@ -149,20 +150,8 @@ def build_demo(engine, settings) -> gr.Blocks:
             figures = gr.Markdown(elem_id="figures")
             with gr.Accordion(t["advanced"], open=False, elem_id="advanced"):
                 system = gr.Textbox(label=t["system"], lines=2, elem_id="system")
-                controls["temperature"] = gr.Slider(
-                    0, 2, value=0.8, step=0.05, label=t["temperature"], elem_id="temperature"
-                )
-                controls["top_p"] = gr.Slider(0.05, 1, value=0.6, step=0.05, label=t["top_p"])
-                controls["max_new_tokens"] = gr.Slider(
-                    16, limit, value=min(settings.limits.max_new_tokens, limit), step=16,
-                    label=t["max_tokens"],
-                    elem_id="max-tokens",
-                )  # fmt: skip
-                controls["thinking_budget"] = gr.Number(
-                    0, minimum=0, maximum=limit, precision=0, label=t["thinking_budget"],
-                    elem_id="thinking-budget",
-                )  # fmt: skip
-                controls["stop"] = gr.Textbox(label=t["stop"], lines=2, max_lines=4, elem_id="stop")
+                advanced = [name for name in OPTIONS if name not in MAIN_ROW]
+                controls.update((name, control(name, t, settings.limits)) for name in advanced)
             with gr.Accordion(t["api"], open=False, elem_id="api-accordion"):
                 api = gr.Markdown(t["api_empty"], elem_id="api-call")
             order = (2, 1) if settings.server.lang == "zh" else (1, 2)  # both languages, the page's first
@@ -239,14 +228,18 @@ def _plain(message: str) -> str:
     return message.split(": ", 1)[1] if message.startswith("messages[") and ": " in message else message
 
 
-def _chat(shown, reasoning, answer, t, *, pending: bool):
+def _chat(shown, reasoning, answer, t, *, pending: bool, finish: str | None = None):
+    """The transcript with this turn's thinking and answer; a finished turn with no answer text
+    says so (and why it ended) instead of showing an empty bubble."""
     out = list(shown)
     if reasoning:
         status = "pending" if pending and not answer else "done"
         out.append(
             {"role": "assistant", "content": reasoning, "metadata": {"title": t["thought"], "status": status}}
         )
-    out.append({"role": "assistant", "content": answer or ("…" if pending else "")})
+    if not pending and not answer.strip():
+        answer = t["no_answer"].format(finish=finish or "stop")
+    out.append({"role": "assistant", "content": answer or "…"})
     return out
 
 
@@ -304,19 +297,6 @@ def _figures(final, t, memory) -> str:
     if final.cut_in_reasoning:
         text = t["cut_in_reasoning"].format(tokens=u.completion_tokens) + "\n\n" + text
     return text
-
-
-def _generation(values: dict) -> dict:
-    """The page's controls -> Engine.stream keyword arguments (checked there, like any caller's)."""
-    gen = {name: value for name, value in values.items() if value not in (None, "")}
-    if "stop" in gen:  # one per line; spaces are part of a stop string
-        gen["stop"] = [line for line in gen["stop"].split("\n") if line]
-    if not gen.get("thinking_budget"):  # 0: no budget
-        gen.pop("thinking_budget", None)
-    for name, value in gen.items():
-        if isinstance(value, float) and value.is_integer() and OPTIONS[name].kind == "int":
-            gen[name] = int(value)  # sliders and number boxes give floats
-    return gen
 
 
 def _by_model(engine, settings) -> dict:
