@@ -12,6 +12,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import socket
 import statistics
 import threading
@@ -84,6 +85,7 @@ def serve_tiny(batch_size: int = 8, engine=None, compile: bool = False):
         max_batch_size=batch_size,
         cache_dir=engine.settings.model.cache_dir,
         compile=compile,
+        prefix_cache_mb=int(os.environ.get("GLMFLASH_PREFIX_CACHE_MB", 512)),  # 0: measure without reuse
     )
     engine = Engine(engine.model, engine.processor, engine.info, settings)
     with socket.socket() as s:

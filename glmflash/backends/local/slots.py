@@ -15,6 +15,7 @@ slots; window: powers of two from MIN_WINDOW).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -153,5 +154,23 @@ class Decoder:
         ids_t = torch.tensor([*ids, *[self.pad_id] * spare], device=device)[:, None]
         where = torch.tensor([*positions, *[0] * spare], device=device)[None, :, None].expand(3, -1, -1)
         columns_t = torch.tensor([*columns, *[0] * spare], device=device)
-        logits = self._step(self.model, self.slots.keys, self.slots.values, ids_t, where, columns_t, window)
+        with self._attention():
+            logits = self._step(
+                self.model, self.slots.keys, self.slots.values, ids_t, where, columns_t, window
+            )
         return logits[:running]
+
+    @contextlib.contextmanager
+    def _attention(self):
+        """Compiled on the CPU, plain attention (matmuls and a softmax, which inductor fuses):
+        measured faster than SDPA there, whose inputs it first copies whole. The text config
+        says which the layers use; only this loop's thread runs the model meanwhile."""
+        if not self.compiled or self.buckets:
+            yield
+            return
+        config = self.model.config.get_text_config(decoder=True)
+        kept, config._attn_implementation = config._attn_implementation, "eager"
+        try:
+            yield
+        finally:
+            config._attn_implementation = kept
