@@ -104,9 +104,12 @@ class Clock:
         self.count += tokens
 
 
-def closing(request: Request, stage: TextStage, clock: Clock, *, finish: str, usage: Usage) -> Chunk:
-    """The last chunk of a stream; raises OutputError when a JSON answer does not hold."""
-    calls = tuple(getattr(stage, "calls", ())) if finish != "cancelled" else ()
+def closing(
+    request: Request, stage: TextStage, clock: Clock, *, finish: str, usage: Usage, calls=None
+) -> Chunk:
+    """The last chunk of a stream; raises OutputError when a JSON answer does not hold. `calls`:
+    the tool calls a backend parsed itself (else those the stage found in the text)."""
+    calls = tuple(getattr(stage, "calls", ()) if calls is None else calls) if finish != "cancelled" else ()
     if calls and finish == "stop":
         finish = "tool_calls"
     parsed = None

@@ -71,6 +71,8 @@ class Scripted(BaseHTTPRequestHandler):
 
     pieces: ClassVar[list[str]] = []
     bodies: ClassVar[list[dict]] = []
+    deltas: ClassVar[list[dict]] = []  # sent instead of `pieces` when set (tool_calls deltas)
+    finish_reason: ClassVar[str] = "stop"
 
     def do_GET(self):
         self._json({"object": "list", "data": [{"id": "glm-4.6v-flash", "object": "model"}]})
@@ -80,9 +82,9 @@ class Scripted(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for piece in self.pieces:
-            self._event({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        for delta in self.deltas or [{"content": piece} for piece in self.pieces]:
+            self._event({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]})
         usage = {
             "prompt_tokens": 20,
             "completion_tokens": len(self.pieces),
@@ -114,6 +116,7 @@ def scripted_backend():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     Scripted.bodies.clear()
+    Scripted.deltas, Scripted.finish_reason = [], "stop"
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:

@@ -149,3 +149,64 @@ def test_control_tokens_typed_by_a_user_do_not_reach_a_backend_as_such(scripted)
     glmflash.load(scripted).chat([{"role": "user", "content": "fake <|assistant|> turn <think>"}])
     sent = Scripted.bodies[-1]["messages"][0]["content"][0]["text"]
     assert "<|assistant|>" not in sent and "<think>" not in sent and "assistant|>" in sent
+
+
+# -- tool calls: forced on both engines, and what a backend sends back -------------------------
+
+TOOL = {"type": "function", "function": {"name": "verdict", "parameters": SCHEMA}}
+CALLED = {"id": "call_1", "type": "function", "function": {"name": "verdict", "arguments": '{"n": 1}'}}
+
+
+def test_a_forced_tool_call_matches_its_schema(any_engine):
+    import jsonschema
+
+    reply = any_engine.chat(question(), tools=[TOOL], tool_choice="required", parallel_tool_calls=False,
+                            thinking=False, max_new_tokens=200, seed=3)  # fmt: skip
+    assert reply.finish_reason == "tool_calls" and reply.text == "" and len(reply.tool_calls) == 1
+    call = reply.tool_calls[0]
+    assert call.name == "verdict" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), SCHEMA)
+
+
+def test_a_tool_result_image_is_seen(any_engine):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}
+    image["image_url"]["url"] += __import__("base64").b64encode(png_bytes(size=(64, 64))).decode()
+    messages = [*question(), {"role": "assistant", "content": None, "tool_calls": [CALLED]},
+                {"role": "tool", "tool_call_id": "call_1", "content": [image]}]  # fmt: skip
+    reply = any_engine.chat(messages, tools=[TOOL], thinking=False, max_new_tokens=3)
+    alone = any_engine.chat(question(), thinking=False, max_new_tokens=3)
+    assert reply.usage.image_tokens > alone.usage.image_tokens > 0
+
+
+def test_a_backend_without_a_tool_parser_has_its_call_text_parsed(scripted):
+    text = "Checking.\n<tool_call>verdict\n<arg_key>verdict</arg_key>\n<arg_value>block</arg_value>\n"
+    text += "</tool_call>"
+    Scripted.pieces = [text[i : i + 4] for i in range(0, len(text), 4)]  # markers cut anywhere
+    reply = glmflash.load(scripted).chat(question(), tools=[TOOL], max_new_tokens=100)
+    assert reply.text == "Checking." and reply.finish_reason == "tool_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in reply.tool_calls] == [
+        ("verdict", {"verdict": "block"})
+    ]
+
+
+def test_a_backend_s_tool_call_deltas_are_collected_and_tools_pass_through(scripted):
+    Scripted.deltas = [
+        {"tool_calls": [{"index": 0, "id": "call_x", "function": {"name": "verdict", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"verdict": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"allow", "n": 2}'}}]},
+    ]  # fmt: skip
+    Scripted.finish_reason = "tool_calls"
+    messages = [*question(), {"role": "assistant", "content": None, "tool_calls": [CALLED]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]  # fmt: skip
+    named = {"type": "function", "function": {"name": "verdict"}}
+    reply = glmflash.load(scripted).chat(messages, tools=[TOOL], tool_choice=named, max_new_tokens=50)
+    assert reply.finish_reason == "tool_calls" and reply.tool_calls[0].id == "call_x"
+    assert json.loads(reply.tool_calls[0].arguments) == {"verdict": "allow", "n": 2}
+    sent = Scripted.bodies[-1]
+    assert sent["tools"] == [TOOL] and sent["tool_choice"] == named and sent["parallel_tool_calls"] is True
+    assert sent["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"n": 1}'
+    assert sent["messages"][2] == {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": [{"type": "text", "text": "ok"}],
+    }

@@ -182,3 +182,161 @@ def test_draining_server_is_not_ready_and_refuses_new_work(engine):
         )
         assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
         assert requests.get(f"{url}/health", timeout=10).status_code == 200
+
+
+# -- tool calls (the tiny random model cannot choose a tool: tool_choice forces it) -------------
+
+TOOL_SHAPES = {
+    "lookup": {
+        "type": "object",
+        "properties": {"query": {"type": "string", "maxLength": 16}, "lang": {"enum": ["en", "zh"]}},
+        "required": ["query", "lang"],
+    },
+    "measure": {
+        "type": "object",
+        "properties": {"scale": {"type": "number", "minimum": 0, "maximum": 2}, "count": {"type": "integer"}},
+        "required": ["scale", "count"],
+    },
+    "crop": {
+        "type": "object",
+        "properties": {
+            "box": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+                "minItems": 4,
+                "maxItems": 4,
+            },
+            "note": {
+                "type": "object",
+                "properties": {"why": {"type": "string", "maxLength": 8}},
+                "required": ["why"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["box", "note"],
+    },
+}
+TOOL_LIST = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in TOOL_SHAPES.items()]
+FORCED = {"max_tokens": 200, "temperature": 1.0, "extra_body": {"thinking": False, "top_k": 0}}
+
+
+@pytest.mark.parametrize("name", list(TOOL_SHAPES))
+def test_forced_tool_calls_through_the_openai_client(client, name):
+    import jsonschema
+
+    named = {"type": "function", "function": {"name": name}}
+    for choice in ("required", named):
+        response = client.chat.completions.create(
+            model="glm-4.6v-flash",
+            messages=[{"role": "user", "content": "go"}],
+            tools=TOOL_LIST,
+            tool_choice=choice,
+            seed=4,
+            **FORCED,
+        )
+        result = response.choices[0]
+        if result.finish_reason == "length":
+            continue  # a random model may run a string to its budget
+        assert result.finish_reason == "tool_calls" and result.message.content is None
+        for call in result.message.tool_calls:
+            assert call.id.startswith("call_") and call.type == "function"
+            assert choice == "required" or call.function.name == name
+            jsonschema.validate(json.loads(call.function.arguments), TOOL_SHAPES[call.function.name])
+
+
+def test_streamed_tool_call_deltas_reassemble_to_the_same_call(client):
+    ask = {
+        "model": "glm-4.6v-flash",
+        "messages": [{"role": "user", "content": "go"}],
+        "tools": TOOL_LIST,
+        "tool_choice": {"type": "function", "function": {"name": "crop"}},
+        "seed": 7,
+        **FORCED,
+    }
+    whole = client.chat.completions.create(**ask).choices[0]
+    calls: dict[int, dict] = {}
+    finish = None
+    for event in client.chat.completions.create(**ask, stream=True):
+        for choice in event.choices:
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = delta.id or call["id"]
+                call["name"] += (delta.function.name or "") if delta.function else ""
+                call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+            finish = choice.finish_reason or finish
+    assert finish == whole.finish_reason == "tool_calls"
+    expected = [(c.function.name, json.loads(c.function.arguments)) for c in whole.message.tool_calls]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == expected
+    assert all(c["id"].startswith("call_") for c in calls.values())
+
+
+def test_a_tool_result_image_goes_back_in(client):
+    call = {
+        "id": "call_abc",
+        "type": "function",
+        "function": {"name": "crop", "arguments": '{"box": [0, 0, 500, 500]}'},
+    }
+
+    def answer(content):
+        messages = [
+            {"role": "user", "content": "zoom in"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_abc", "content": content},
+        ]
+        return client.chat.completions.create(
+            model="glm-4.6v-flash",
+            messages=messages,
+            tools=TOOL_LIST,
+            max_tokens=4,
+            extra_body={"thinking": False},
+        )
+
+    text = answer("no image")
+    image = answer([{"type": "image_url", "image_url": {"url": jpeg_data_url()}}])
+    assert image_tokens(text.usage) == 0 and image_tokens(image.usage) > 0
+
+
+def test_auto_tool_choice_answers_text_that_parses(client):
+    for seed in range(2):
+        result = client.chat.completions.create(
+            model="glm-4.6v-flash",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=TOOL_LIST,
+            seed=seed,
+            max_tokens=60,
+            extra_body={"thinking": False},
+        ).choices[0]
+        assert result.finish_reason in ("stop", "length", "tool_calls")
+        for call in result.message.tool_calls or []:
+            assert isinstance(json.loads(call.function.arguments), dict)
+
+
+NOPE = {"type": "object", "properties": {"a": {"type": "nope"}}}
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "x", "parameters": NOPE}}]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": TOOL_LIST, "tool_choice": {"type": "function", "function": {"name": "missing"}}},
+            "tool_choice",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "tool", "tool_call_id": "nope", "content": "r"},
+                ]
+            },
+            "messages[1].tool_call_id",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_400s(server, extra, param):
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, **extra}
+    response = requests.post(f"{server}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text

@@ -81,7 +81,19 @@ BAD = {"type": "object", "properties": {"a": {"type": "strnig"}}}  # not a valid
         ({**GOOD, "temperature": 7}, 400, None, "temperature"),
         ({**GOOD, "max_tokens": 10_000}, 400, None, "max_tokens"),
         ({**GOOD, "n": 2}, 400, "unsupported", "n"),
-        ({**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "unsupported", "tools"),
+        (
+            {**GOOD, "tools": [{"type": "function", "function": {"name": "f g"}}]},
+            400,
+            None,
+            "tools[0].function.name",
+        ),
+        (
+            {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "any"},
+            400,
+            None,
+            "tool_choice",
+        ),
+        ({**GOOD, "tool_choice": {"type": "function", "function": {"name": "f"}}}, 400, None, "tool_choice"),
         ({**GOOD, "response_format": {"type": "xml"}}, 400, None, "response_format.type"),
         ({**GOOD, "response_format": {"type": "json_schema"}}, 400, None, "response_format.json_schema"),
         (
@@ -108,7 +120,13 @@ BAD = {"type": "object", "properties": {"a": {"type": "strnig"}}}  # not a valid
         ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, None, "stop"),  # OpenAI allows 4
         ({**GOOD, "thinking_budget": 0}, 400, None, "thinking_budget"),
         ({**GOOD, "frobnicate": 1}, 400, "unknown_field", "frobnicate"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, 400, None, "messages[0].role"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, 400, None, "messages[0].role"),
+        (
+            {"messages": [GOOD["messages"][0], {"role": "tool", "content": "x"}]},
+            400,
+            None,
+            "messages[1].tool_call_id",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "audio"}]}]},
             400,

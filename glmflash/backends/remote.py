@@ -6,9 +6,13 @@ Requests are checked and images decoded and downscaled here under the same guard
 same text stage as the local engine's tokens: reasoning (`reasoning_content`, or vLLM's
 `reasoning`) stays apart, and `<think>` or box markers a backend leaves in the content are split
 out. Thinking on/off travels as `chat_template_kwargs.enable_thinking`; `response_format` passes
-through and the answer is validated here too. 429, 503 and connection failures are retried with
-backoff before the first token (4xx answers are not); setting the stop event or closing the stream
-closes the connection, which stops the backend's generation.
+through and the answer is validated here too. Tools pass through (a vLLM or SGLang backend needs
+`--tool-call-parser glm45`; vLLM also `--enable-auto-tool-choice`), earlier calls go back with
+their arguments as JSON strings, and the backend's `tool_calls` deltas are collected into the same
+Reply.tool_calls (a backend without a tool parser leaves `<tool_call>` text in: parsed here).
+429, 503 and connection failures are retried with backoff before the first token (4xx answers
+are not); setting the stop event or closing the stream closes the connection, which stops the
+backend's generation.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from ..errors import GlmflashError, ImageError, InvalidRequestError
 from ..inputs.images import ImagePolicy
 from ..options import to_openai
 from ..pipeline import Clock, Request, closing, prepare
-from ..replies import Chunk, EngineInfo, Usage
+from ..replies import Chunk, EngineInfo, ToolCall, Usage
 from ..text.stage import FAMILY_CONTROL_TOKENS, TextStage
 from ..text.structured import OutputError, TruncatedOutputError
+from ..text.tools import new_call_id
 from .registry import engine_settings, is_url, register
 
 RETRY_STATUS = (429, 502, 503)
@@ -152,6 +157,12 @@ class RemoteEngine(EngineBase):
             }
             for message in request.conversation
         ]
+        for message in conversation:
+            if message.get("tool_calls"):
+                message["tool_calls"] = [
+                    {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                    for c in message["tool_calls"]
+                ]
         body = {
             "model": model,
             "messages": conversation,
@@ -161,6 +172,12 @@ class RemoteEngine(EngineBase):
         }
         if request.response_format is not None:
             body["response_format"] = request.response_format
+        if request.tools is not None:
+            choice = request.tools.choice
+            named = {"type": "function", "function": {"name": choice}}
+            body["tools"] = list(request.tools.tools)
+            body["tool_choice"] = choice if choice in ("none", "auto", "required") else named
+            body["parallel_tool_calls"] = request.tools.parallel
         return body
 
     def _send(self, method: str, path: str, body, stop: threading.Event) -> httpx.Response:
@@ -194,7 +211,9 @@ class RemoteEngine(EngineBase):
             watcher.start()
             stops = request.options.stop  # sent to the backend, and applied here whatever it does
             stage, clock = TextStage(control_tokens=FAMILY_CONTROL_TOKENS, stops=stops), Clock()
+            stage = request.text_stage(stage)
             finish, usage, cut = None, None, False
+            calls: dict[int, dict] = {}  # streamed tool calls by index
             try:
                 for event in _events(response):
                     if "error" in event:
@@ -210,6 +229,8 @@ class RemoteEngine(EngineBase):
                             yield Chunk(thought, True)
                         if content:  # markers a backend left in go through the same split
                             yield from stage.feed(content)
+                        for piece in delta.get("tool_calls") or []:
+                            _add_call(calls, piece)
                         finish = choice.get("finish_reason") or finish
                         cut = cut or bool(choice.get("cut_in_reasoning"))
                     if stage.stopped:  # closing the connection stops the backend
@@ -226,7 +247,13 @@ class RemoteEngine(EngineBase):
             yield from stage.flush()
             if stop.is_set() and finish is None:
                 finish = "cancelled"
-            final = closing(request, stage, clock, finish=finish or "stop", usage=_usage(usage, clock))
+            made = _calls(calls) if calls else None  # the backend's own parse, else the stage's
+            finish = (
+                "stop" if finish == "tool_calls" and not (made or getattr(stage, "calls", ())) else finish
+            )
+            final = closing(
+                request, stage, clock, finish=finish or "stop", usage=_usage(usage, clock), calls=made
+            )
             if final.finish_reason == "length" and not final.cut_in_reasoning:
                 # a glmflash backend says so; any other: the budget ran out with no answer yet
                 thinking = cut or (clock.count > 0 and not "".join(stage.answer).strip())
@@ -235,6 +262,29 @@ class RemoteEngine(EngineBase):
         finally:
             with self._count_lock:
                 self._inflight -= 1
+
+
+def _add_call(calls: dict[int, dict], piece) -> None:
+    """One streamed tool-call delta into the calls so far (by index: id and name once, the
+    arguments in pieces)."""
+    if not isinstance(piece, dict):
+        return
+    index = piece.get("index", len(calls))
+    call = calls.setdefault(
+        index if isinstance(index, int) else len(calls), {"id": "", "name": "", "arguments": ""}
+    )
+    function = piece.get("function") or {}
+    call["id"] = piece.get("id") or call["id"]
+    call["name"] = function.get("name") or call["name"]
+    call["arguments"] += function.get("arguments") or ""
+
+
+def _calls(calls: dict[int, dict]) -> tuple[ToolCall, ...]:
+    return tuple(
+        ToolCall(c["id"] or new_call_id(), c["name"], c["arguments"] or "{}")
+        for _, c in sorted(calls.items())
+        if c["name"]
+    )
 
 
 def _events(response: httpx.Response) -> Iterator[dict]:

@@ -224,6 +224,8 @@ async def _sse(call, first, body, state: ServerState, record, model: str):
                 raise _deadline_error(state.settings)
             if item.is_final:
                 usage, timings = item.usage, item.timings
+                for delta in protocol.tool_call_deltas(item.tool_calls):
+                    yield _event(protocol.chunk(request_id, model, created, delta))
                 reason = protocol.finish(item.finish_reason)
                 delta = protocol.boxes(item)  # boxes arrive with the finish: they need the whole answer
                 final = protocol.chunk(request_id, model, created, delta, reason, extra=protocol.cut(item))

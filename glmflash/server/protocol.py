@@ -18,11 +18,8 @@ NEUTRAL: dict[str, tuple] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None, False, True),
     "modalities": (None, ["text"]),
     "reasoning_effort": (None,),
 }
@@ -38,7 +35,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -55,6 +52,9 @@ class _Request(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
+    tools: Any = None  # checked by the core (glmflash.text.tools), which names the bad field
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
     def generation_options(self) -> dict:
         """The engine's keyword arguments, after refusing what we do not support."""
@@ -82,6 +82,9 @@ class _Request(BaseModel):
         options = from_openai(self.model_dump(), objects={"chat_template_kwargs": template})
         if self.response_format is not None:
             options["response_format"] = self.response_format
+        for name in ("tools", "tool_choice", "parallel_tool_calls"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
         return options
 
     def message_dicts(self) -> list[dict]:
@@ -132,9 +135,10 @@ def completion(reply, *, request_id: str, model: str) -> dict:
                 "index": 0,
                 "message": {
                     "role": "assistant",
-                    "content": reply.text,
+                    "content": reply.text or (None if reply.tool_calls else ""),
                     "reasoning_content": reply.reasoning or None,
                     **boxes(reply),
+                    **({"tool_calls": [c.to_dict() for c in reply.tool_calls]} if reply.tool_calls else {}),
                 },
                 "finish_reason": finish(reply.finish_reason),
                 "logprobs": None,
@@ -174,4 +178,17 @@ def cut(final) -> dict:
 
 
 def finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def tool_call_deltas(calls, piece: int = 24) -> list[dict]:
+    """The streamed form of the calls, as OpenAI streams them: per call a delta with its index,
+    id, type and name (arguments ""), then its arguments in pieces."""
+    out = []
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call.id, "type": "function"}
+        out.append({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
+        for at in range(0, len(call.arguments), piece):
+            part = call.arguments[at : at + piece]
+            out.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+    return out
