@@ -345,3 +345,81 @@ def test_tools_and_response_format_together_are_refused(engine):
     with pytest.raises(InvalidRequestError) as error:
         engine.chat(ASK, tools=[WEATHER], response_format={"type": "json_object"}, max_new_tokens=2)
     assert error.value.param == "response_format"
+
+
+# -- the loop helper and the zoom tool ----------------------------------------------------------
+
+
+def test_describe_a_python_function():
+    from glmflash.text.tool_loop import describe
+
+    def area(width: int, height: float, unit: str = "px"):
+        """The area of a rectangle.
+
+        More words."""
+
+    assert describe(area)["function"] == {
+        "name": "area",
+        "description": "The area of a rectangle.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "width": {"type": "integer"},
+                "height": {"type": "number"},
+                "unit": {"type": "string"},
+            },
+            "required": ["width", "height"],
+        },
+    }
+
+
+def test_zoom_crops_in_model_coordinates():
+    from PIL import Image
+
+    from glmflash.grounding.zoom import crop, zoom_tool
+
+    picture = Image.new("RGB", (400, 200))
+    assert crop(picture, [500, 0, 1000, 500]).size == (200, 100)
+    assert crop(picture, [1000, 500, 500, 0]).size == (200, 100)  # corners in any order
+    assert crop(picture, [10, 10, 10, 10]).size == (28, 28)  # grown to one merged patch
+    _tool, functions = zoom_tool([picture])
+    assert "image must be" in functions["zoom_in"]([0, 0, 10, 10], image=2)
+
+
+def test_the_loop_runs_the_zoom_tool_and_ends_with_an_answer(engine):
+    from PIL import Image
+
+    from glmflash.grounding.zoom import zoom_tool
+    from glmflash.text.tool_loop import run_tools
+
+    picture = Image.new("RGB", (320, 240), (10, 200, 30))
+    tool, functions = zoom_tool([picture])
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "Zoom."}]}
+    ]
+    named = {"type": "function", "function": {"name": "zoom_in"}}
+    run = run_tools(engine, messages, functions, tools=[tool], tool_choice=named, max_steps=1,
+                    parallel_tool_calls=False, **FAST)  # fmt: skip
+    assert len(run.steps) == 1 and run.steps[0][0].name == "zoom_in"
+    result = run.steps[0][1]
+    assert hasattr(result, "size") or str(result).startswith("Error"), result  # a crop (or the error it met)
+    assert run.reply.tool_calls == () and run.messages[-1]["role"] == "assistant"
+    assert [m["role"] for m in run.messages] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_the_loop_gives_errors_back_and_keeps_to_its_step_limit(engine):
+    from glmflash.text.tool_loop import run_tools
+
+    def now(zone: int):
+        """The time in a zone."""
+        raise RuntimeError("clock broken")
+
+    run = run_tools(
+        engine, ASK, [now], tool_choice="required", max_steps=2, parallel_tool_calls=False, **FAST
+    )
+    assert 1 <= len(run.steps) <= 2 and all(
+        result == "Error: RuntimeError: clock broken" for _, result in run.steps
+    )
+    assert run.reply.tool_calls == ()
+    with pytest.raises(InvalidRequestError):
+        run_tools(engine, ASK, [now], max_steps=-1)

@@ -90,8 +90,8 @@ def _check_tools(tools) -> list[dict]:
             raise InvalidRequestError(f"{where}.function must be an object.", param=f"{where}.function")
         extra = set(function) - {"name", "description", "parameters", "strict"}
         if extra:
-            name = f"{where}.function.{sorted(extra)[0]}"
-            raise InvalidRequestError(f"Unknown field {name}.", param=name)
+            field = f"{where}.function.{sorted(extra)[0]}"
+            raise InvalidRequestError(f"Unknown field {field}.", param=field)
         name = function.get("name")
         if not isinstance(name, str) or not NAME.match(name):
             raise InvalidRequestError(
@@ -212,7 +212,8 @@ def parse_calls(text: str, spec: ToolSpec | None) -> list[ToolCall]:
     string where the tool's schema says string, else it is read as JSON (then a Python literal,
     then kept as text), as vLLM reads it."""
     parameters = spec.parameters if spec is not None else {}
-    calls, at = [], 0
+    calls: list[ToolCall] = []
+    at = 0
     while True:
         start = text.find(CALL_OPEN, at)
         end = text.find(CALL_CLOSE, start + len(CALL_OPEN)) if start >= 0 else -1
