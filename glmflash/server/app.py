@@ -17,7 +17,7 @@ from ..config import Settings
 from ..errors import GlmflashError
 from ..inputs.images import ImagePolicy
 from ..models import served_models
-from . import protocol
+from . import protocol, responses
 from .bridge import DONE, WAITING, EngineCall
 from .errors import ApiError, error_body, error_response
 from .observability import AuditLog, Metrics
@@ -25,7 +25,7 @@ from .security import Authenticator, ClientAllowList, GuardMiddleware
 
 log = logging.getLogger("glmflash.server")
 POLL_S = 0.25  # how often a waiting request checks for a client that went away
-ROUTES = {"/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics"}
+ROUTES = {"/v1/chat/completions", "/v1/responses", "/v1/models", "/health", "/ready", "/metrics"}
 
 
 class ServerState:
@@ -168,6 +168,51 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
         except (ApiError, GlmflashError) as exc:
             status = exc.status
             _finish(state, record, call, None, None, status)
+            raise
+        finally:
+            if not handed_over:
+                call.cancel()
+
+    @app.post("/v1/responses")
+    async def responses_create(
+        body: responses.ResponsesRequest, request: Request, identity: str = Depends(caller)
+    ):
+        """The Responses API subset (server/responses.py): the same engine call as a chat."""
+        messages, options = body.chat()
+        model, adapter = chosen(body.model)
+        state.admit()
+        record = {**_audit_record(request, identity, messages, body.stream), "model": model}
+        call = EngineCall(
+            engine, messages, {**options, **adapter}, state.image_policy,
+            stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
+        )  # fmt: skip
+        handed_over = False
+        try:
+            first = await _next(call, request, settings)
+            if isinstance(first, BaseException):
+                raise first
+            if body.stream:
+                handed_over = True
+
+                def done(usage, timings, status):
+                    call.cancel()
+                    _finish(state, record, call, usage, timings, status)
+
+                stream = responses.stream(
+                    first, responses.Events(body, model), lambda: _next(call, None, settings),
+                    lambda: _deadline_error(settings), done,
+                )  # fmt: skip
+                return StreamingResponse(
+                    stream, media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )  # fmt: skip
+            if first.finish_reason == "cancelled":
+                raise _deadline_error(settings)
+            _finish(state, record, call, first.usage, first.timings, 200)
+            output = responses.output_of(first)
+            return responses.response_object(body, model, responses.new_id("resp"), output, first)
+        except (ApiError, GlmflashError) as exc:
+            _finish(state, record, call, None, None, exc.status)
             raise
         finally:
             if not handed_over:
