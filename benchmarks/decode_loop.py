@@ -6,9 +6,11 @@ decode tokens/s at 1 and 8 rows with the tiny model (or any checkpoint), and the
 
 Each round runs every setup (eager, compiled) at every row count, alternating; decode tokens/s is
 the rows' tokens after the first over the time from the first token to the last (prefill and the
-first token left out). The compiled engine is warmed up first (compiling is not timed). Figures are
-medians over the rounds (the ratio: of each round's ratio); the goal is compiled >= 1.3x eager at
-1 and 8 rows. Run it from the checkout with PYTHONPATH=. when another copy is installed.
+first token left out), read from the loop's token ids (the goal's figure) and then through
+Engine.chat (text: each caller's detokenising shares the cores). The compiled engine is warmed up
+first (compiling is not timed). Figures are medians over the rounds (the ratio: of each round's
+ratio); the goal is compiled >= 1.3x eager at 1 and 8 rows. Run it from the checkout with
+PYTHONPATH=. when another copy is installed.
 """
 
 from __future__ import annotations
@@ -21,21 +23,37 @@ import time
 
 from PIL import Image
 
+MESSAGES = [
+    {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (224, 224), (90, 120, 150))},
+                                 {"type": "text", "text": "Describe it."}]}
+]  # fmt: skip
 
-def decode_rate(engine, rows: int, tokens: int) -> float:
-    """Decode tokens/s of `rows` requests of `tokens` tokens sent at once."""
+
+def decode_rate(engine, rows: int, tokens: int, through: str = "loop") -> float:
+    """Decode tokens/s of `rows` requests of `tokens` tokens sent at once: their token ids straight
+    from the decode loop (`loop`), or their text through Engine.chat (`engine`: detokenising and
+    the text stage in each caller's thread, on the same cores)."""
     firsts, lasts = [], []
-    messages = [
-        {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (224, 224), (90, 120, 150))},
-                                     {"type": "text", "text": "Describe it."}]}
-    ]  # fmt: skip
+    options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "temperature": 0, "thinking": False}
 
     def ask():
-        options = {"max_new_tokens": tokens, "min_new_tokens": tokens, "temperature": 0, "thinking": False}
-        called = time.perf_counter()
-        timings = engine.chat(messages, **options).timings  # token times as the loop made them
-        firsts.append(called + timings.ttft_s)
-        lasts.append(called + timings.ttft_s + (tokens - 1) / timings.tokens_per_s)
+        if through == "engine":
+            called = time.perf_counter()
+            timings = engine.chat(MESSAGES, **options).timings  # token times as the loop made them
+            firsts.append(called + timings.ttft_s)
+            lasts.append(called + timings.ttft_s + (tokens - 1) / timings.tokens_per_s)
+            return
+        from glmflash.backends.local.rows import RowRequest
+        from glmflash.options import GenerationOptions
+
+        _, inputs = engine.prepare(MESSAGES, thinking=False)
+        checked = GenerationOptions.build(
+            default_max_new_tokens=tokens, max_new_tokens_limit=tokens, **options
+        )
+        request = RowRequest(inputs, checked.resolved(engine.defaults), (threading.Event(),))
+        times = [at for _, at in engine._batcher().tokens(request)]
+        firsts.append(times[0])
+        lasts.append(times[-1])
 
     threads = [threading.Thread(target=ask) for _ in range(rows)]
     for thread in threads:
@@ -70,19 +88,24 @@ def main() -> None:
         for engine in setups.values():
             decode_rate(engine, rows, 20)
     warm_s = time.perf_counter() - started
-    rates: dict[str, dict[int, list[float]]] = {name: {rows: [] for rows in args.rows} for name in setups}
-    for _ in range(args.rounds):
+    figures: dict = {"warm_up_s": round(warm_s, 1), "tokens": args.tokens, "rounds": args.rounds}
+    for through in ("loop", "engine"):
+        rates: dict[str, dict[int, list[float]]] = {name: {rows: [] for rows in args.rows} for name in setups}
+        for _ in range(args.rounds):
+            for rows in args.rows:
+                for name, engine in setups.items():
+                    rates[name][rows].append(decode_rate(engine, rows, args.tokens, through))
+        print(
+            f"through the {'decode loop (token ids)' if through == 'loop' else 'engine (Engine.chat, text)'}:"
+        )
+        print(f"{'rows':>5}{'eager tok/s':>13}{'compiled tok/s':>16}{'compiled/eager':>16}")
+        figures[through] = {}
         for rows in args.rows:
-            for name, engine in setups.items():
-                rates[name][rows].append(decode_rate(engine, rows, args.tokens))
-    figures = {"warm_up_s": round(warm_s, 1), "tokens": args.tokens, "rounds": args.rounds, "rows": {}}
-    print(f"{'rows':>5}{'eager tok/s':>13}{'compiled tok/s':>16}{'compiled/eager':>16}")
-    for rows in args.rows:
-        eager, compiled = (statistics.median(rates[name][rows]) for name in ("eager", "compiled"))
-        pairs = zip(rates["compiled"][rows], rates["eager"][rows], strict=True)
-        ratio = statistics.median(c / e for c, e in pairs)  # per round: the machine drifts between rounds
-        figures["rows"][rows] = {"eager": eager, "compiled": compiled, "ratio": ratio}
-        print(f"{rows:>5}{eager:>13.1f}{compiled:>16.1f}{ratio:>15.2f}x")
+            eager, compiled = (statistics.median(rates[name][rows]) for name in ("eager", "compiled"))
+            pairs = zip(rates["compiled"][rows], rates["eager"][rows], strict=True)
+            ratio = statistics.median(c / e for c, e in pairs)  # per round: the machine drifts between rounds
+            figures[through][rows] = {"eager": eager, "compiled": compiled, "ratio": ratio}
+            print(f"{rows:>5}{eager:>13.1f}{compiled:>16.1f}{ratio:>15.2f}x")
     print(f"(compiling, not timed: {warm_s:.1f} s)")
     if args.json:
         with open(args.json, "w") as out:

@@ -121,19 +121,31 @@ def _decode(model, keys, values, ids, positions, columns, window: int):
     return out.logits[:, -1].float()
 
 
+def _decode_one(*args):
+    return _decode(*args)
+
+
+def _decode_many(*args):
+    return _decode(*args)
+
+
 class Decoder:
     """The decode step over `slots`, eager or compiled."""
 
     def __init__(self, model, slots: Slots, pad_id: int, *, compiled: bool):
         self.model, self.slots, self.pad_id, self.compiled = model, slots, pad_id, compiled
         self.shapes: set[tuple[int, int]] = set()  # (rows, window) stepped, for tests and warm-up
-        self._step = _decode
+        self._one = self._many = _decode
         # CUDA graphs replay fixed shapes: there the rows and the window come in buckets, one graph
-        # each; on the CPU the shapes are symbolic from the start, so exact sizes cost no compiling
+        # each; on the CPU the shapes are symbolic from the start, so exact sizes cost no compiling.
+        # One row and several are compiled apart (a size of 1 is always specialised): each call
+        # then checks the guards of one compiled graph only, which costs as much as a small step.
         self.buckets = compiled and slots.device.type == "cuda"
         if compiled:
             mode = "reduce-overhead" if self.buckets else "default"
-            self._step = torch.compile(_decode, mode=mode, dynamic=None if self.buckets else True)
+            dynamic = None if self.buckets else True
+            self._one = torch.compile(_decode_one, mode=mode, dynamic=dynamic)
+            self._many = torch.compile(_decode_many, mode=mode, dynamic=dynamic)
 
     def rows(self, running: int) -> int:
         """The batch a step runs for `running` rows: bucketed for CUDA graphs."""
@@ -148,16 +160,18 @@ class Decoder:
         rows = self.rows(running)
         spare = rows - running  # slots beyond the running rows are free: write there, ignore them
         longest = max(columns) + 1
-        self.slots.reserve(longest)
+        self.slots.reserve(longest + 1)  # the window is always a part of the columns, never all
         window = bucket(longest, self.slots.columns) if self.buckets else longest
         self.shapes.add((rows, window))
         ids_t = torch.tensor([*ids, *[self.pad_id] * spare], device=device)[:, None]
         where = torch.tensor([*positions, *[0] * spare], device=device)[None, :, None].expand(3, -1, -1)
         columns_t = torch.tensor([*columns, *[0] * spare], device=device)
         with self._attention():
-            logits = self._step(
-                self.model, self.slots.keys, self.slots.values, ids_t, where, columns_t, window
-            )
+            step = self._one if rows == 1 else self._many
+            if rows > 1 and self.compiled and not self.buckets:  # any row count: one graph
+                for tensor, dim in ((ids_t, 0), (where, 1), (columns_t, 0)):
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+            logits = step(self.model, self.slots.keys, self.slots.values, ids_t, where, columns_t, window)
         return logits[:running]
 
     @contextlib.contextmanager
