@@ -1,7 +1,8 @@
 """glmflash: self-hosted image understanding with GLM-4.6V-Flash.
 
 The public API: `load()` returns an engine (`Engine` here, `RemoteEngine` for a backend URL), both
-`EngineBase`: `stream()` yields `Chunk`s, `chat()` returns a `Reply`, `ask()` is the one-liner.
+`EngineBase`: `stream()` yields `Chunk`s, `chat()` returns a `Reply`, `ask()` is the one-liner;
+`run_tools()` runs Python functions for the model's tool calls until it answers.
 Importing glmflash does not import torch; loading a model does.
 """
 
@@ -21,7 +22,8 @@ from .errors import (
     PrecisionError,
 )
 from .inputs.images import ImagePolicy
-from .replies import Chunk, EngineInfo, Memory, Reply, Timings, Usage
+from .replies import Chunk, EngineInfo, Memory, Reply, Timings, ToolCall, Usage
+from .text.tool_loop import ToolRun, run_tools
 
 __all__ = [
     "Chunk",
@@ -43,8 +45,11 @@ __all__ = [
     "Reply",
     "Settings",
     "Timings",
+    "ToolCall",
+    "ToolRun",
     "Usage",
     "load",
+    "run_tools",
 ]
 
 
