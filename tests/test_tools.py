@@ -423,3 +423,33 @@ def test_the_loop_gives_errors_back_and_keeps_to_its_step_limit(engine):
     assert run.reply.tool_calls == ()
     with pytest.raises(InvalidRequestError):
         run_tools(engine, ASK, [now], max_steps=-1)
+
+
+def test_parallel_calls_stop_at_the_limit(tokenizer):
+    from glmflash.text.tool_grammar import MAX_CALLS
+
+    calls = "\n".join(["<tool_call>now\n</tool_call>"] * MAX_CALLS)
+    assert accepts(tokenizer, spec(), calls) and not accepts(
+        tokenizer, spec(), calls + "\n<tool_call>now\n</tool_call>"
+    )
+
+
+def test_argument_markers_that_are_tokens_are_written_as_tokens():
+    """The real tokenizer very probably has <arg_key> and the others as added tokens: the grammar
+    then uses those tokens, and a lexeme (a string value) can never swallow one."""
+    from tokenizers import AddedToken
+
+    tok = build_tokenizer()
+    markers = ["<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"]
+    tok.add_tokens([AddedToken(m, special=False, normalized=False) for m in markers])
+    stops = [tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+    wrapped = llguidance.hf.from_tokenizer(tok, n_vocab=len(tok), eos_token=stops)
+    lark = tool_lark(spec(), thinking="off", tokens=[*TOKENS, *markers])
+    assert "<arg_key>" in lark and '"<arg_key>"' not in lark
+
+    def fits(text):
+        matcher = llguidance.LLMatcher(wrapped, llguidance.LLMatcher.grammar_from_lark(lark), log_level=0)
+        ids = tok.encode(text, add_special_tokens=False)
+        return all(matcher.consume_token(i) for i in ids) and matcher.is_accepting()
+
+    assert fits(CALL.format("Oslo", 3)) and not fits(CALL.format("Oslo", 30))

@@ -1,5 +1,5 @@
 """The llguidance grammar (Lark) that keeps tool calls valid: with `required` or a named function
-the answer is one call (or, with parallel_tool_calls, one or more) of the allowed tools, each
+the answer is one call (or, with parallel_tool_calls, up to MAX_CALLS) of the allowed tools, each
 required argument present and each value matching its property's schema; with `auto` the model
 writes freely until it opens `<tool_call>`, and the rest of the call is held the same way.
 
@@ -28,6 +28,7 @@ from .tools import (
     is_string,
 )
 
+MAX_CALLS = 8  # calls in one answer with parallel_tool_calls: a runaway model stops there
 # Special tokens an answer may hold in `auto` mode, where they are tokens (the key-answer box).
 ANSWER_TOKENS = ("<|begin_of_box|>", "<|end_of_box|>")
 
@@ -48,7 +49,8 @@ def tool_lark(spec: ToolSpec, *, thinking: str, tokens: Collection[str] = ()) ->
     lines = [f"start: {THINKING[thinking]}{body}", r"NL: /\n/", *(lines if not spec.forced else [])]
     if thinking != "off":
         lines.append(r"THOUGHT: /(.|\n)*/")
-    lines.append("calls: call (NL call)*" if spec.parallel else "calls: call")
+    more = "".join("(NL call" for _ in range(MAX_CALLS - 1)) + ")?" * (MAX_CALLS - 1)
+    lines.append(f"calls: call {more}" if spec.parallel else "calls: call")
     names = spec.allowed
     lines.append("call: " + " | ".join(f"call_{i}" for i in range(len(names))))
     parameters = spec.parameters
