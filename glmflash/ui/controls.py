@@ -44,7 +44,7 @@ def _number(value) -> str:
 def generation(values: dict, t: dict) -> dict:
     """The controls' values -> Engine.stream keyword arguments (checked there, like any
     caller's); a box that holds no number is an InvalidRequestError naming it."""
-    gen = {}
+    gen: dict = {}
     for name, value in values.items():
         kind = OPTIONS[name].kind
         if isinstance(value, str) and kind in ("int", "float"):
