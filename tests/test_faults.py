@@ -117,6 +117,12 @@ def inject(monkeypatch, target, name: str, *, when=lambda: True, times: int | No
     return fired
 
 
+def decoding(loop) -> bool:
+    """A row of this request's is decoding: one whose answer ended may still sit in the batch for
+    the rest of its turn (while its KV is kept for reuse), and does not count."""
+    return any(not live.row.ended for live in loop.live)
+
+
 def failed_by(answer: Answer, name: str) -> bool:
     return (answer.status, answer.code) == (500, "generation_failed") and f"injected fault in {name}" in (
         answer.message
@@ -130,9 +136,9 @@ def failed_by(answer: Answer, name: str) -> bool:
 def test_a_fault_making_or_prefilling_a_newcomer_fails_it_alone(scenes, monkeypatch, stage):
     scene = scenes(max_batch_size=2)
     expected = scene.ask("a long answer", LONG, forced=True).text
-    fired = inject(monkeypatch, scene.loop, stage, when=lambda: bool(scene.loop.live))
+    fired = inject(monkeypatch, scene.loop, stage, when=lambda: decoding(scene.loop))
     running = scene.later("a long answer", LONG, forced=True)
-    wait_until(lambda: scene.loop.live, 30)
+    wait_until(lambda: decoding(scene.loop), 30)
     newcomer = scene.ask("a newcomer", 20)
     assert fired == [stage] and failed_by(newcomer, stage) and newcomer.took < 5
     assert running.result().text == expected  # the running row went on as if nothing happened
@@ -146,9 +152,11 @@ def test_a_fault_in_the_running_batch_fails_its_rows_and_the_line_is_served(scen
     every stage): the running rows fail, the cache is dropped, and the rows in line are served."""
     scene = scenes(max_batch_size=1)
     expected = scene.ask("waiting in line", 30).text
-    fired = inject(monkeypatch, scene.loop, stage, when=lambda: bool(scene.loop.waiting and scene.loop.live))
+    fired = inject(
+        monkeypatch, scene.loop, stage, when=lambda: bool(scene.loop.waiting) and decoding(scene.loop)
+    )
     running = scene.later("a long answer", LONG, forced=True)
-    wait_until(lambda: scene.loop.live, 30)
+    wait_until(lambda: decoding(scene.loop), 30)
     waiting = scene.later("waiting in line", 30)  # one slot: it waits for the running row
     assert failed_by(running.result(), stage) and fired == [stage]
     assert waiting.result().text == expected
@@ -158,9 +166,9 @@ def test_a_fault_in_the_running_batch_fails_its_rows_and_the_line_is_served(scen
 def test_a_fault_joining_the_batch_fails_the_running_rows_and_spares_the_line(scenes, monkeypatch):
     scene = scenes(max_batch_size=2)
     expected = {prompt: scene.ask(prompt, 30).text for prompt in ("first newcomer", "second newcomer")}
-    fired = inject(monkeypatch, scene.loop, "_join", when=lambda: bool(scene.loop.live))
+    fired = inject(monkeypatch, scene.loop, "_join", when=lambda: decoding(scene.loop))
     running = scene.later("a long answer", LONG, forced=True)
-    wait_until(lambda: scene.loop.live, 30)
+    wait_until(lambda: decoding(scene.loop), 30)
     newcomers = {prompt: scene.later(prompt, 30) for prompt in expected}  # one free slot: one waits
     assert failed_by(running.result(), "_join") and fired == ["_join"]
     answers = {prompt: future.result() for prompt, future in newcomers.items()}
