@@ -330,6 +330,7 @@ def _usage(usage: dict | None, clock: Clock) -> Usage:
         int(prompt.get("image_tokens") or 0),
         int(usage.get("completion_tokens") or clock.count),
         int(completion.get("reasoning_tokens") or 0),
+        int(prompt.get("cached_tokens") or 0),  # what the backend's prefix cache served
     )
 
 
