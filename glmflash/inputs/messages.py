@@ -29,13 +29,14 @@ def to_conversation(
             "messages must be a non-empty list of {role, content} objects.", param="messages"
         )
     tokens = sorted({t for t in control_tokens if len(t) > 1}, key=len, reverse=True)
-    conversation, images = [], []
+    conversation: list[dict] = []
+    images: list = []
     calls: dict[str, bool] = {}  # tool_call_id -> answered yet
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise InvalidRequestError(f"{where} must be an object with role and content.", param=where)
-        role = ROLES.get(message.get("role"))
+        role = ROLES.get(str(message.get("role")))
         if role is None:
             raise InvalidRequestError(
                 f"{where}.role {message.get('role')!r} is not supported: "
@@ -55,15 +56,16 @@ def to_conversation(
             extra["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls", tokens, calls)
         if role == "tool":
             extra["tool_call_id"] = _answered(message.get("tool_call_id"), f"{where}.tool_call_id", calls)
-        parts = []
-        for j, part in enumerate(_parts(message.get("content"), where)):
+        parts: list[dict] = []
+        for j, (kind, value) in enumerate(_parts(message.get("content"), where)):
             here = f"{where}.content[{j}]"
-            if part[0] == "text":
-                _check_text(part[1], here)
+            if kind == "text":
+                text = str(value)
+                _check_text(text, here)
                 if parts and parts[-1]["type"] == "text":  # the template joins them with nothing
-                    parts[-1]["text"] += part[1]
+                    parts[-1]["text"] += text
                 else:
-                    parts.append({"type": "text", "text": part[1]})
+                    parts.append({"type": "text", "text": text})
                 continue
             if role not in ("user", "tool"):
                 raise InvalidRequestError(
@@ -74,7 +76,7 @@ def to_conversation(
                     f"Too many images: at most {max_images} per request.", param=here, code="too_many_images"
                 )
             try:
-                loaded = load_image(part[1])
+                loaded = load_image(value)
             except ImageError as exc:
                 raise ImageError(f"{here}: {exc.message}", param=here, code=exc.code) from None
             pages = loaded if isinstance(loaded, list) else [loaded]  # a PDF is its pages
@@ -86,9 +88,9 @@ def to_conversation(
                 )  # fmt: skip
             images += pages
             parts += [{"type": "image"} for _ in pages]
-        for part in parts:  # after merging: a token split over two parts is caught too
-            if part["type"] == "text":
-                part["text"] = neutralize(part["text"], tokens)
+        for piece in parts:  # after merging: a token split over two parts is caught too
+            if piece["type"] == "text":
+                piece["text"] = neutralize(piece["text"], tokens)
         conversation.append({"role": role, "content": parts, **extra})
     if not any(m["role"] == "user" for m in conversation):
         raise InvalidRequestError("messages need at least one user message.", param="messages")
@@ -109,7 +111,7 @@ def _tool_calls(value, where: str, tokens: Sequence[str], calls: dict[str, bool]
     out = []
     for k, call in enumerate(value):
         here = f"{where}[{k}]"
-        function = call.get("function") if isinstance(call, dict) else None
+        function: dict | None = call.get("function") if isinstance(call, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
         call_id = call.get("id") if isinstance(call, dict) else None
         if not isinstance(name, str) or not name or not isinstance(call_id, str) or not call_id:
@@ -117,6 +119,7 @@ def _tool_calls(value, where: str, tokens: Sequence[str], calls: dict[str, bool]
                 f'{here} must be {{"id", "type": "function", "function": {{"name", "arguments"}}}}.',
                 param=here,
             )
+        assert isinstance(call, dict) and isinstance(function, dict)  # the check above held
         if call.get("type", "function") != "function":
             raise InvalidRequestError(f"{here}.type must be 'function'.", param=f"{here}.type")
         if call_id in calls:
@@ -164,7 +167,7 @@ def _parts(content, where: str) -> list[tuple[str, object]]:
         raise InvalidRequestError(
             f"{where}.content must be a string or a list of parts.", param=f"{where}.content"
         )
-    out = []
+    out: list[tuple[str, object]] = []
     for j, part in enumerate(content):
         here = f"{where}.content[{j}]"
         if isinstance(part, str):

@@ -95,7 +95,7 @@ class JsonLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, templates, constraints: Constraints):
-        self.matchers = [t.deep_copy() if t is not None else None for t in templates]
+        self.matchers: list = [t.deep_copy() if t is not None else None for t in templates]  # None: free row
         self.rows = [i for i, m in enumerate(self.matchers) if m is not None]
         self.stop_ids = constraints.stop_ids
         self.digits, self.room_bits = constraints.digits, constraints.room_bits

@@ -170,7 +170,8 @@ def _padded(core, size: int):
     vocab = dict(model["vocab"])
     vocab.update({f"<|filler_{i}|>": i for i in range(len(vocab), size)})
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    padded = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    pairs: list[tuple[str, str]] = [(str(a), str(b)) for a, b in merges]
+    padded = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
     padded.pre_tokenizer, padded.decoder = core.pre_tokenizer, core.decoder
     return padded
 
@@ -229,7 +230,7 @@ def build_tiny_model(path: str | os.PathLike, *, seed: int = 0, template: str = 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     processor = write_processor(path, template=template)
-    ids = token_ids(processor.tokenizer)
+    ids: dict = token_ids(processor.tokenizer)  # token names -> ids, spread into the config
     head_dim = 32
     text_ids = {k: ids[k] for k in ("eos_token_id", "pad_token_id")}
     config = Glm4vConfig(
