@@ -18,7 +18,7 @@ from pathlib import Path
 
 import glmflash
 from glmflash.backends.local.engine import Engine
-from glmflash.commands.bench import through_engine, workload
+from glmflash.commands.measure import through_engine, workload
 
 
 def twin(engine, **changes) -> Engine:

@@ -27,7 +27,7 @@ from PIL import Image
 
 import glmflash
 from glmflash.adapt.train import TrainSettings, finetune
-from glmflash.commands.bench import _scratch, arch_config, random_checkpoint
+from glmflash.commands.arch import _scratch, arch_config, random_checkpoint
 
 
 def rows(folder: Path, count: int, side: int) -> Path:

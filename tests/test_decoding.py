@@ -13,7 +13,7 @@ import pytest
 import glmflash
 from glmflash.backends.local.load import quantization_config
 from glmflash.backends.local.slots import MIN_WINDOW, bucket
-from glmflash.commands.bench import parse_variant
+from glmflash.commands.arch import parse_variant
 from glmflash.errors import GenerationError, InvalidRequestError, MissingDependencyError, PrecisionError
 
 from .test_batching import MIXED, concurrently, engine_batching
@@ -179,7 +179,7 @@ def test_arch_only_runs_every_variant_end_to_end_on_the_cpu():
     glmflash.load(), the figures, a save after each) on a shrunken copy of the full-size config that
     keeps the real token ids (<|image|> 151363), so the one GPU run a session may get is not spent
     on a bug. Its tokenizer must number its tokens as the config does, or every image fails."""
-    from glmflash.commands.bench import arch_only
+    from glmflash.commands.arch import arch_only
 
     saved = []
     variants = ["fp32", "int8+torchao", "fp32+compile", "int4"]
@@ -202,7 +202,7 @@ def test_the_random_checkpoint_carries_the_real_token_ids_in_config_and_tokenize
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from glmflash.backends.local.load import TOKEN_FIELDS
-    from glmflash.commands.bench import random_checkpoint
+    from glmflash.commands.arch import random_checkpoint
 
     folder = random_checkpoint(tmp_path, shrunken_full_size_config(), "cpu")
     config, tokenizer = AutoConfig.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
