@@ -1,6 +1,7 @@
 """The library's error hierarchy: every error carries a one-line message a person can act on.
 
-Adapters translate these once (HTTP: OpenAI's error shape and a status; CLI: one line and exit 2).
+The front ends (server, page, CLI) translate these once (HTTP: OpenAI's error shape and a
+status; CLI: one line and exit 2). "Adapter" in glmflash always means a LoRA adapter.
 """
 
 from __future__ import annotations
