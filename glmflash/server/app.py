@@ -133,19 +133,24 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
             )  # fmt: skip
         return model, {"adapter": choices[model]}
 
+    def begin(request: Request, identity, messages: list, options: dict, model: str | None, stream):
+        """Admit a request (503 when the queue is full) and start its engine call: the call, its
+        audit record, and the model id its reply names. Chat completions and responses share it."""
+        named, adapter = chosen(model)
+        state.admit()
+        record = {**_audit_record(request, identity, messages, stream), "model": named}
+        call = EngineCall(
+            engine, messages, {**options, **adapter}, state.image_policy,
+            stream=bool(stream), timeout=settings.server.request_timeout, on_done=state.release,
+        )  # fmt: skip
+        return call, record, named
+
     @app.post("/v1/chat/completions")
     async def chat_completions(
         body: protocol.ChatCompletionRequest, request: Request, identity: str = Depends(caller)
     ):
         options = body.generation_options()
-        model, adapter = chosen(body.model)
-        state.admit()
-        messages = body.message_dicts()
-        record = {**_audit_record(request, identity, messages, body.stream), "model": model}
-        call = EngineCall(
-            engine, messages, {**options, **adapter}, state.image_policy,
-            stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
-        )  # fmt: skip
+        call, record, model = begin(request, identity, body.message_dicts(), options, body.model, body.stream)
         handed_over = False
         try:
             first = await _next(call, request, settings)
@@ -179,13 +184,7 @@ def create_app(engine, settings: Settings | None = None) -> FastAPI:
     ):
         """The Responses API subset (server/responses.py): the same engine call as a chat."""
         messages, options = body.chat()
-        model, adapter = chosen(body.model)
-        state.admit()
-        record = {**_audit_record(request, identity, messages, body.stream), "model": model}
-        call = EngineCall(
-            engine, messages, {**options, **adapter}, state.image_policy,
-            stream=bool(body.stream), timeout=settings.server.request_timeout, on_done=state.release,
-        )  # fmt: skip
+        call, record, model = begin(request, identity, messages, options, body.model, body.stream)
         handed_over = False
         try:
             first = await _next(call, request, settings)
