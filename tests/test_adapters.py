@@ -233,7 +233,7 @@ def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
     backend's base model)."""
     from playwright.sync_api import sync_playwright
 
-    from tests.test_ui import ARGS, CHROMIUM, api_call_text, serving, wait_for_figures
+    from tests.test_ui import ARGS, CHROMIUM, api_call_text, serving, set_box, wait_for_figures
 
     def opened(browser, url):
         page = browser.new_page(viewport={"width": 1200, "height": 1300})
@@ -242,8 +242,7 @@ def test_the_pages_model_selector_chooses_the_adapter(multi, alone):
         page.locator("#thinking input").uncheck()
         page.locator("#advanced").click()
         for box, value in (("#temperature", "0"), ("#max-new-tokens", "16")):
-            page.locator(f"{box} :is(input, textarea)").fill(value)
-            page.locator(f"{box} :is(input, textarea)").press("Tab")  # committed when it loses focus
+            set_box(page, box, value)
         page.wait_for_timeout(500)
         return page
 

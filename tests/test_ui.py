@@ -77,6 +77,19 @@ def ask(page, question, files=()):
     page.locator("#ask textarea").press("Enter")
 
 
+def set_box(page, box: str, value: str) -> None:
+    """Type `value` into an option's box and commit it (Tab). A box the Advanced accordion has just
+    rendered may still be mounting, which resets what was typed: type again until it holds."""
+    field = page.locator(f"{box} :is(input, textarea)")
+    for _ in range(20):
+        field.fill(value)
+        field.press("Tab")
+        page.wait_for_timeout(150)
+        if field.input_value() == value:
+            return
+    raise AssertionError(f"{box} would not keep {value!r}")
+
+
 def wait_for_figures(page, timeout=60_000):
     page.wait_for_function(
         "() => (document.querySelector('#figures')?.innerText || '').includes('tokens/s')", timeout=timeout
@@ -117,8 +130,7 @@ def test_thinking_switch_reaches_the_request(page):
 
 def test_stop_frees_the_engine_within_a_second(page, engine):
     page.locator("#advanced").click()  # closed accordions are not rendered until opened
-    page.locator("#max-new-tokens :is(input, textarea)").fill("4096")
-    page.locator("#max-new-tokens :is(input, textarea)").press("Enter")
+    set_box(page, "#max-new-tokens", "4096")
     ask(page, "Please write a very long answer.")
     wait_until(lambda: engine.busy, 30)
     page.wait_for_timeout(300)
@@ -290,15 +302,13 @@ def test_every_declared_option_has_a_control_and_reaches_the_request(page):
     for name in OPTIONS:
         assert page.locator(f"#{name.replace('_', '-')}").count() == 1, name
     for box, value in (("#seed", "7"), ("#top-k", "5"), ("#max-new-tokens", "8")):
-        page.locator(f"{box} :is(input, textarea)").fill(value)
-        page.locator(f"{box} :is(input, textarea)").press("Tab")
+        set_box(page, box, value)
     page.wait_for_timeout(300)
     ask(page, "Which options?")
     wait_for_figures(page)
     call = api_call_text(page)
     assert '"seed": 7' in call and '"top_k": 5' in call and '"max_tokens": 8' in call
-    page.locator("#seed :is(input, textarea)").fill("seven")
-    page.locator("#seed :is(input, textarea)").press("Tab")
+    set_box(page, "#seed", "seven")
     ask(page, "And now?")
     page.wait_for_selector("text=is not a number", timeout=10_000)  # a notice naming the box
 
